@@ -1,0 +1,43 @@
+"""The exceptions a user can meet, each a ``ValueError`` whose message says where and what.
+
+Every message names the place (``file:line`` for JSONL, ``records[i]`` for in-memory records), the task and the
+field involved, and the allowed values when there is a closed set. Nothing here is raised for a programming error of
+the library itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PeftContinualError(ValueError):
+    """Base class of every user-facing error of peft-continual."""
+
+
+class TemplateError(PeftContinualError):
+    """A task template is malformed (markers, splits, fields, answer or truncation settings)."""
+
+
+class DuplicateTaskError(PeftContinualError):
+    """Two templates, or a template and a frozen table entry, share a task name."""
+
+
+class RecordError(PeftContinualError):
+    """A record cannot be read or does not fit its task's template."""
+
+
+class UnknownTaskError(RecordError):
+    """A record or a batch row names a task that no template (or table entry) knows."""
+
+
+class RecordTooLongError(RecordError):
+    """A tokenized record exceeds ``max_length`` and its template has no ``truncate_field``."""
+
+
+class TableMismatchError(PeftContinualError):
+    """A prompt table was trained on a different base model than the one it is being loaded into."""
+
+
+def allowed(values: Iterable[str]) -> str:
+    """Format a closed set of allowed values for an error message, sorted and quoted."""
+    return ", ".join(repr(v) for v in sorted(values)) or "(none)"
