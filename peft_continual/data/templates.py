@@ -131,7 +131,9 @@ class TaskTemplate:
                 literal += token[0]
                 continue
             if token in ("{", "}"):
-                raise self._error(f"unmatched {token!r} at character {match.start()}; write {token * 2!r} for a literal")
+                raise self._error(
+                    f"unmatched {token!r} at character {match.start()}; write {token * 2!r} for a literal"
+                )
             if literal:
                 parts.append(literal)
                 literal = ""
@@ -141,7 +143,9 @@ class TaskTemplate:
                 parts.append(("field", field_name))
             else:
                 if not marker.isdigit():
-                    raise self._error(f"{token!r} is not a virtual-token marker; write <|VIRTUAL_PROMPT_n|>, n = 0, 1, ...")
+                    raise self._error(
+                        f"{token!r} is not a virtual-token marker; write <|VIRTUAL_PROMPT_n|>, n = 0, 1, ..."
+                    )
                 parts.append(("virtual", int(marker)))
         literal += self.prompt_template[pos:]
         if literal:
@@ -149,7 +153,9 @@ class TaskTemplate:
         return parts
 
     def _check_splits(self) -> None:
-        markers = [value for part in self._parts if isinstance(part, tuple) and part[0] == "virtual" for value in [part[1]]]
+        markers = [
+            value for part in self._parts if isinstance(part, tuple) and part[0] == "virtual" for value in [part[1]]
+        ]
         if markers != list(range(len(markers))):
             raise self._error(
                 f"virtual-token markers must be <|VIRTUAL_PROMPT_0|>, <|VIRTUAL_PROMPT_1|>, ... each once and in "
@@ -173,7 +179,9 @@ class TaskTemplate:
             raise self._error(f"field(s) {repeated} appear more than once; each field may fill one slot")
         if self.answer_field is not None:
             if self.answer_field not in names:
-                raise self._error(f"answer_field={self.answer_field!r} is not a slot of the template; slots: {allowed(names)}")
+                raise self._error(
+                    f"answer_field={self.answer_field!r} is not a slot of the template; slots: {allowed(names)}"
+                )
             if self._parts[-1] != ("field", self.answer_field):
                 raise self._error(f"answer_field {{{self.answer_field}}} must end the template (nothing may follow it)")
         elif self.answer_only_loss:
@@ -184,7 +192,9 @@ class TaskTemplate:
                     f"truncate_field={self.truncate_field!r} is not a slot of the template; slots: {allowed(names)}"
                 )
             if self.truncate_field == self.answer_field:
-                raise self._error(f"truncate_field={self.truncate_field!r} is the answer_field; the answer is never cut")
+                raise self._error(
+                    f"truncate_field={self.truncate_field!r} is the answer_field; the answer is never cut"
+                )
 
     # ------------------------------------------------------------------ public API
     @property
@@ -269,7 +279,9 @@ def check_unique_tasknames(templates: Sequence[TaskTemplate]) -> dict[str, TaskT
     by_name: dict[str, TaskTemplate] = {}
     for template in templates:
         if template.taskname in by_name:
-            raise DuplicateTaskError(f"task {template.taskname!r} has more than one template; task names must be unique")
+            raise DuplicateTaskError(
+                f"task {template.taskname!r} has more than one template; task names must be unique"
+            )
         by_name[template.taskname] = template
     return by_name
 
@@ -294,7 +306,8 @@ def load_templates(source: str | Path | Sequence[Mapping[str, Any] | TaskTemplat
     else:
         entries = [(item, f"templates[{i}]") for i, item in enumerate(source)]
     templates = [
-        item if isinstance(item, TaskTemplate) else TaskTemplate.from_dict(item, source=where) for item, where in entries
+        item if isinstance(item, TaskTemplate) else TaskTemplate.from_dict(item, source=where)
+        for item, where in entries
     ]
     if not templates:
         raise TemplateError("no task templates given")
