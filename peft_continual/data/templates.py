@@ -71,7 +71,9 @@ class TaskTemplate:
     prompt_template: str = field(
         metadata={"help": "Text with `{field}` slots and `<|VIRTUAL_PROMPT_n|>` markers; it ends with the answer slot."}
     )
-    total_virtual_tokens: int = field(metadata={"help": "Number of virtual tokens of the task (sum of the splits)."})
+    total_virtual_tokens: int = field(
+        metadata={"help": "Number of virtual tokens of the task (sum of the splits); 0 for a plain text prompt."}
+    )
     virtual_token_splits: list[int] = field(
         metadata={"help": "Virtual tokens per marker, in marker order; one entry per `<|VIRTUAL_PROMPT_n|>`."}
     )
@@ -114,8 +116,8 @@ class TaskTemplate:
             raise self._error(f"prompt_template must be a string, got {type(self.prompt_template).__name__}")
         if not isinstance(self.total_virtual_tokens, int) or isinstance(self.total_virtual_tokens, bool):
             raise self._error(f"total_virtual_tokens must be an integer, got {self.total_virtual_tokens!r}")
-        if self.total_virtual_tokens < 1:
-            raise self._error(f"total_virtual_tokens must be at least 1, got {self.total_virtual_tokens}")
+        if self.total_virtual_tokens < 0:
+            raise self._error(f"total_virtual_tokens must be 0 or more, got {self.total_virtual_tokens}")
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.virtual_token_splits):
             raise self._error(f"virtual_token_splits must be positive integers, got {self.virtual_token_splits!r}")
 
@@ -243,6 +245,22 @@ class TaskTemplate:
             else:
                 pieces.append(TextPiece(values[part[1]], part[1]))
         return pieces
+
+    def without_virtual_tokens(self, prefix: str = "") -> TaskTemplate:
+        """The same template with its markers removed and ``prefix`` text in front (prompt engineering, few-shot).
+
+        ``prefix`` is literal text (braces are escaped here), e.g. rendered demonstrations.
+        """
+        text = re.sub(r"<\|VIRTUAL_PROMPT_\d+\|>", "", self.prompt_template)
+        escaped = prefix.replace("{", "{{").replace("}", "}}")
+        return TaskTemplate(
+            **{
+                **self.to_dict(),
+                "prompt_template": escaped + text,
+                "total_virtual_tokens": 0,
+                "virtual_token_splits": [],
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict that ``from_dict`` turns back into an equal template."""

@@ -79,7 +79,7 @@ def test_dict_json_and_yaml_round_trip(tmp_path):
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "truncate_field": "label"}, "is the answer_field"),
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "truncate_field": "x"}, "truncate_field='x'"),
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "truncation_side": "middle"}, "truncation_side"),
-        ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "total": 0, "splits": ()}, "at least 1"),
+        ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "total": -1, "splits": ()}, "0 or more"),
         ({"prompt_template": "<|VIRTUAL_PROMPT_0|> {s} {label}", "total": 2, "splits": (2.0,)}, "positive integers"),
     ],
 )
@@ -115,3 +115,12 @@ def test_duplicate_task_names_are_refused():
     template = make("<|VIRTUAL_PROMPT_0|> {s} {label}")
     with pytest.raises(DuplicateTaskError, match="'sentiment' has more than one template"):
         load_templates([template, template.to_dict()])
+
+
+def test_without_virtual_tokens_gives_a_plain_prompt_with_a_literal_prefix():
+    template = make("<|VIRTUAL_PROMPT_0|>{sentence} <|VIRTUAL_PROMPT_1|>is {label}", 5, [2, 3])
+    plain = template.without_virtual_tokens(prefix="{demo} is positive\n")
+    assert plain.total_virtual_tokens == 0 and plain.virtual_token_splits == []
+    pieces = plain.render({"sentence": "Up", "label": "negative"})
+    assert text_of(pieces) == "{demo} is positive\nUp is negative"
+    assert not any(isinstance(p, VirtualSlot) for p in pieces)
