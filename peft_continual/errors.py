@@ -34,6 +34,10 @@ class RecordTooLongError(RecordError):
     """A tokenized record exceeds ``max_length`` and its template has no ``truncate_field``."""
 
 
+class ConfigError(PeftContinualError):
+    """A ``ContinualPromptConfig`` field is invalid, or a change of a model's tasks is not allowed in its state."""
+
+
 class TableMismatchError(PeftContinualError):
     """A prompt table was trained on a different base model than the one it is being loaded into."""
 

@@ -1,0 +1,233 @@
+"""``ContinualPromptConfig``: the PEFT config of continual multi-task p-tuning.
+
+One config describes every task the adapter knows: the tasks frozen in the prompt table (with their token counts,
+so a saved table can be rebuilt before its weights are loaded) and the tasks the open round's encoder is training.
+It is a plain ``PeftConfig`` whose fields all survive ``save_pretrained``/``from_pretrained`` as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from peft import PeftConfig
+
+from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
+from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
+from peft_continual.prompting.peft_hooks import PEFT_TYPE
+
+
+class EncoderType(str, Enum):
+    """How the virtual tokens of tasks in training are produced."""
+
+    LSTM = "lstm"
+    """NeMo's p-tuning encoder: bidirectional LSTM over task-conditioned inputs, then a 2-layer MLP head."""
+    MLP = "mlp"
+    """P-tuning with an MLP instead of the LSTM."""
+    EMBEDDING = "embedding"
+    """Plain prompt tuning: each task owns a trainable ``(n, D)`` matrix."""
+
+
+@dataclass
+class ContinualPromptConfig(PeftConfig):
+    """Configuration of continual multi-task p-tuning (``PeftType.CONTINUAL_PROMPT``).
+
+    Args:
+        templates: Every task's template (``TaskTemplate`` or its ``to_dict()``), frozen tasks and tasks in training.
+        encoder_type: ``lstm`` (default), ``mlp`` or ``embedding``.
+        encoder_hidden_size: Hidden size of the LSTM/MLP; ``None`` means the base model's hidden size.
+        encoder_num_layers: LSTM layers, or linear layers of the MLP.
+        encoder_dropout: Dropout inside the encoder.
+        init_text: ``embedding`` only: text whose token embeddings initialise each task's rows.
+        tokenizer_name_or_path: Tokenizer for task names and ``init_text``; defaults to the base model's path.
+        taskname_token_ids: Token ids of each task name (filled when the model is built).
+        frozen_tasks: Tasks stored in the prompt table, with their token counts (filled by ``freeze_tasks``).
+        training_tasks: Tasks trained by the encoder of the open round; default: every template not frozen.
+        init_text_token_ids: Token ids of ``init_text`` (filled when the model is built).
+        token_dim: The base model's hidden size ``D`` (filled when the model is built).
+        base_model_fingerprint: Hidden size, vocabulary size and embedding hash of the base model the adapter was
+            built on (filled when the model is built; checked whenever it is built again, e.g. on load).
+
+    Example:
+        >>> from peft_continual.data.templates import TaskTemplate
+        >>> t = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label")
+        >>> config = ContinualPromptConfig(templates=[t], encoder_hidden_size=32)
+        >>> config.training_tasks, config.frozen_tasks, config.encoder_type.value
+        (['sentiment'], {}, 'lstm')
+    """
+
+    task_type: str | None = field(default="CAUSAL_LM", metadata={"help": "PEFT task type; only `CAUSAL_LM`."})
+    templates: list[dict[str, Any]] = field(
+        default_factory=list,
+        metadata={"help": "Task templates (frozen tasks and tasks in training); TaskTemplate objects become dicts."},
+    )
+    encoder_type: EncoderType = field(
+        default=EncoderType.LSTM,
+        metadata={"help": "`lstm` (NeMo: bi-LSTM + MLP head), `mlp`, or `embedding` (plain prompt tuning)."},
+    )
+    encoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "Hidden size of the LSTM/MLP; None: the base model's hidden size."}
+    )
+    encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers, or linear layers of the MLP."})
+    encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout probability inside the encoder."})
+    init_text: str | None = field(
+        default=None, metadata={"help": "`embedding` only: text whose token embeddings initialise each task's rows."}
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Tokenizer for task names and init_text when their ids are missing; default: the base model."
+        },
+    )
+    taskname_token_ids: dict[str, list[int]] = field(
+        default_factory=dict,
+        metadata={"help": "Token ids of each task name; the encoder's input is conditioned on them. Filled on build."},
+    )
+    init_text_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Token ids of init_text; filled when the model is built."}
+    )
+    frozen_tasks: dict[str, int] = field(
+        default_factory=dict, metadata={"help": "Tasks stored in the prompt table -> their number of virtual tokens."}
+    )
+    training_tasks: list[str] | None = field(
+        default=None, metadata={"help": "Tasks trained in the open round; None: every template not in frozen_tasks."}
+    )
+    token_dim: int | None = field(default=None, metadata={"help": "Hidden size of the base model; filled on build."})
+    base_model_fingerprint: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Hidden size, vocabulary size and embedding hash of the base model; checked on load."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if self.task_type != "CAUSAL_LM":
+            raise ConfigError(f"task_type={self.task_type!r} is not supported; allowed: 'CAUSAL_LM'")
+        self.templates = [self._template_dict(t, i) for i, t in enumerate(self.templates)]
+        try:
+            self.encoder_type = EncoderType(self.encoder_type)
+        except ValueError:
+            raise ConfigError(
+                f"encoder_type={self.encoder_type!r} is not one of {allowed(e.value for e in EncoderType)}"
+            ) from None
+        self._check_numbers()
+        self._check_tasks()
+
+    @staticmethod
+    def _template_dict(template: TaskTemplate | Mapping[str, Any], index: int) -> dict[str, Any]:
+        if isinstance(template, TaskTemplate):
+            return template.to_dict()
+        if not isinstance(template, Mapping):
+            raise TemplateError(f"templates[{index}] must be a TaskTemplate or a dict, got {type(template).__name__}")
+        return TaskTemplate.from_dict(template, source=f"templates[{index}]").to_dict()
+
+    def _check_numbers(self) -> None:
+        if self.encoder_hidden_size is not None and not _positive_int(self.encoder_hidden_size):
+            raise ConfigError(
+                f"encoder_hidden_size must be a positive integer or None, got {self.encoder_hidden_size!r}"
+            )
+        if not _positive_int(self.encoder_num_layers):
+            raise ConfigError(f"encoder_num_layers must be a positive integer, got {self.encoder_num_layers!r}")
+        if not isinstance(self.encoder_dropout, (int, float)) or not 0 <= self.encoder_dropout < 1:
+            raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
+        if self.init_text is not None and self.encoder_type != EncoderType.EMBEDDING:
+            raise ConfigError(
+                f"init_text is only used by encoder_type='embedding', not {self.encoder_type.value!r}; remove it"
+            )
+
+    def _check_tasks(self) -> None:
+        by_name = check_unique_tasknames(self.task_templates())
+        empty = [name for name, template in by_name.items() if template.total_virtual_tokens == 0]
+        if empty:
+            raise ConfigError(
+                f"task(s) {empty} have total_virtual_tokens=0; a prompt adapter needs at least 1 per task"
+            )
+        for name, count in self.frozen_tasks.items():
+            if name not in by_name:
+                raise ConfigError(f"frozen task {name!r} has no template; templates: {allowed(by_name)}")
+            if count != by_name[name].total_virtual_tokens:
+                raise ConfigError(
+                    f"frozen task {name!r} has {count} rows in the table but its template has "
+                    f"total_virtual_tokens={by_name[name].total_virtual_tokens}"
+                )
+        if self.training_tasks is None:
+            self.training_tasks = [name for name in by_name if name not in self.frozen_tasks]
+        self.training_tasks = list(self.training_tasks)
+        if len(set(self.training_tasks)) != len(self.training_tasks):
+            raise DuplicateTaskError(f"training_tasks={self.training_tasks} names a task twice")
+        both = sorted(set(self.training_tasks) & set(self.frozen_tasks))
+        if both:
+            raise DuplicateTaskError(f"task(s) {both} are both frozen in the table and in training")
+        unlisted = sorted(set(by_name) - set(self.training_tasks) - set(self.frozen_tasks))
+        unknown = sorted(set(self.training_tasks) - set(by_name))
+        if unlisted or unknown:
+            raise ConfigError(
+                f"every template must be either frozen or in training: templates not listed {unlisted}, "
+                f"training_tasks without a template {unknown}"
+            )
+
+    # ------------------------------------------------------------------ views
+    def task_templates(self) -> list[TaskTemplate]:
+        """The templates as ``TaskTemplate`` objects, in config order."""
+        return [TaskTemplate.from_dict(t, source=f"templates[{i}]") for i, t in enumerate(self.templates)]
+
+    def token_counts(self) -> dict[str, int]:
+        """Task name -> ``total_virtual_tokens``, for every task of the config."""
+        return {t["taskname"]: t["total_virtual_tokens"] for t in self.templates}
+
+    # ------------------------------------------------------------------ token ids
+    def tokenize_tasknames(self, tokenizer: Any) -> ContinualPromptConfig:
+        """Fill ``taskname_token_ids`` (``lstm``/``mlp``) and ``init_text_token_ids`` with ``tokenizer``; returns ``self``.
+
+        The encoder is conditioned on the base model's embeddings of each task name, so the ids must come from the
+        base model's tokenizer. Ids already present are kept: a resumed round must see the same conditioning.
+        """
+        needs_names = self.encoder_type != EncoderType.EMBEDDING
+        for name in self.training_tasks if needs_names else ():
+            if name not in self.taskname_token_ids:
+                self.taskname_token_ids[name] = list(tokenizer(name, add_special_tokens=False)["input_ids"])
+        if self.init_text is not None and self.init_text_token_ids is None:
+            self.init_text_token_ids = list(tokenizer(self.init_text, add_special_tokens=False)["input_ids"])
+        return self
+
+    def missing_token_ids(self) -> list[str]:
+        """What the encoder of the open round still needs token ids for (task names, or ``init_text``)."""
+        if self.encoder_type == EncoderType.EMBEDDING:
+            return ["init_text"] if self.init_text is not None and self.init_text_token_ids is None else []
+        return [name for name in self.training_tasks if name not in self.taskname_token_ids]
+
+    def resolve_token_ids(self, base_model_name_or_path: str | None, tokenizer: Any = None) -> None:
+        """Make sure ``missing_token_ids()`` is empty, loading the tokenizer only if ids are missing.
+
+        Raises:
+            ConfigError: ids are missing and no tokenizer is given or can be loaded.
+        """
+        missing = self.missing_token_ids()
+        if not missing:
+            return
+        if tokenizer is None:
+            tokenizer = _load_tokenizer(self.tokenizer_name_or_path or base_model_name_or_path, missing)
+        self.tokenize_tasknames(tokenizer)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _load_tokenizer(name_or_path: str | None, missing: Sequence[str]) -> Any:
+    hint = (
+        "pass tokenizer_name_or_path, call config.tokenize_tasknames(tokenizer) before get_peft_model, "
+        "or pass tokenizer= to add_tasks"
+    )
+    if not name_or_path:
+        raise ConfigError(f"token ids are missing for {list(missing)} and the base model has no name_or_path: {hint}")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"token ids are missing for {list(missing)} and no tokenizer loads from {name_or_path!r} ({error}): {hint}"
+        ) from None

@@ -1,0 +1,291 @@
+"""``ContinualPromptModel``: the PEFT tuner of continual multi-task p-tuning.
+
+``get_peft_model(base, ContinualPromptConfig(...))`` returns a ``PeftModelForCausalLM`` that wraps this tuner; its
+methods (``freeze_tasks``, ``add_tasks``, ``prompt_table``...) are reachable on the ``PeftModel`` itself. Each batch
+row names its task: rows of tasks in training take their virtual tokens from the encoder (run once per task present),
+rows of finished tasks from the frozen prompt table, in the same batch. The tokens are written into the input
+embeddings at the positions marked by ``virtual_token_mask``; the base model then runs on ``inputs_embeds``.
+
+The round cycle: train (encoder) -> ``freeze_tasks()`` (encoder outputs copied into the table, encoder dropped) ->
+``save_pretrained`` -> later ``PeftModel.from_pretrained(base, path, is_trainable=True)`` -> ``add_tasks([...])``
+(fresh encoder for the new tasks; old rows stay frozen buffers) -> train -> ...
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
+from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
+from peft_continual.prompting.config import ContinualPromptConfig, EncoderType
+from peft_continual.prompting.encoder import TaskPromptEncoder
+from peft_continual.prompting.fingerprint import check_fingerprint, fingerprint, name_or_path
+from peft_continual.prompting.injection import inject_prompts
+from peft_continual.prompting.peft_hooks import ENCODER_ATTR, TABLE_ATTR, PeftTunerBase
+from peft_continual.prompting.table import PromptTable
+
+
+class ContinualPromptModel(PeftTunerBase):
+    """Task-conditioned prompt encoder + frozen prompt table, placed at virtual-token positions of each row.
+
+    Built by PEFT (``get_peft_model``, ``PeftModel.from_pretrained``), not by hand.
+
+    Batch keys, besides the base model's: ``virtual_token_mask`` ``(B, L)`` bool, True where a row's virtual tokens
+    stand (placeholder ids there are ignored), and ``tasknames``, a list of ``B`` task names.
+
+    **Attributes**:
+        - **prompt_table** (``PromptTable``) -- frozen rows of finished tasks.
+        - **prompt_encoder** (``TaskPromptEncoder`` or ``None``) -- the open round's encoder.
+
+    Example:
+        >>> from peft import get_peft_model
+        >>> model = get_peft_model(base_model, ContinualPromptConfig(templates=[tmpl_a, tmpl_b]))  # doctest: +SKIP
+        >>> model(**batch).loss.backward()  # doctest: +SKIP
+        >>> model.freeze_tasks(); model.prompt_table.counts()  # doctest: +SKIP
+        {'a': 4, 'b': 6}
+    """
+
+    # ------------------------------------------------------------------ building
+    def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
+        """Check or record the base fingerprint, then build the table (from config) and the open round's encoder."""
+        if config.base_model_fingerprint is not None:
+            check_fingerprint(config.base_model_fingerprint, self.model)
+        else:
+            config.base_model_fingerprint = fingerprint(self.model)
+        weight = self._word_embeddings().weight
+        config.token_dim = int(weight.shape[1])
+        if config.encoder_hidden_size is None:
+            config.encoder_hidden_size = config.token_dim
+        # adapter_config.json sorts dict keys; template order is the order in which tasks were added
+        frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
+        table = PromptTable(config.token_dim, frozen).to(weight.device)
+        table.add_listener(functools.partial(self._on_table_change, adapter_name))
+        getattr(self, TABLE_ATTR)[adapter_name] = table
+        if config.training_tasks:
+            self._build_encoder(adapter_name, config)
+
+    def _build_encoder(self, adapter_name: str, config: ContinualPromptConfig, tokenizer: Any = None) -> None:
+        config.resolve_token_ids(name_or_path(self.model), tokenizer)
+        all_counts = config.token_counts()
+        counts = {name: all_counts[name] for name in config.training_tasks}
+        encoder = TaskPromptEncoder(
+            config.token_dim,
+            counts,
+            config.taskname_token_ids,
+            config.encoder_type,
+            hidden_size=config.encoder_hidden_size,
+            num_layers=config.encoder_num_layers,
+            dropout=config.encoder_dropout,
+            init_rows=self._init_rows(config, counts) if config.encoder_type == EncoderType.EMBEDDING else None,
+        )
+        encoder.to(self._word_embeddings().weight.device)
+        encoder.requires_grad_(not config.inference_mode)
+        getattr(self, ENCODER_ATTR)[adapter_name] = encoder
+
+    def _init_rows(self, config: ContinualPromptConfig, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Prompt-tuning init: the embeddings of ``init_text`` (repeated to ``n_T``), or of random vocabulary ids."""
+        embeddings = self._word_embeddings()
+        device = embeddings.weight.device
+        rows = {}
+        for name, count in counts.items():
+            if config.init_text_token_ids:
+                ids = config.init_text_token_ids * math.ceil(count / len(config.init_text_token_ids))
+                ids_tensor = torch.tensor(ids[:count], device=device)
+            else:
+                ids_tensor = torch.randint(embeddings.weight.shape[0], (count,), device=device)
+            with torch.no_grad():
+                rows[name] = embeddings(ids_tensor).float()
+        return rows
+
+    # ------------------------------------------------------------------ state
+    @property
+    def _adapter(self) -> str:
+        return self.active_adapters[0]
+
+    @property
+    def prompt_table(self) -> PromptTable:
+        """The frozen rows of finished tasks: inspect (``tasks``, ``counts()``, ``shapes()``), ``remove``, ``rename``."""
+        return getattr(self, TABLE_ATTR)[self._adapter]
+
+    @property
+    def prompt_encoder(self) -> TaskPromptEncoder | None:
+        """The encoder of the open training round, or ``None`` once its tasks are frozen."""
+        encoders = getattr(self, ENCODER_ATTR)
+        return encoders[self._adapter] if self._adapter in encoders else None  # noqa: SIM401 (ModuleDict has no get)
+
+    def task_prompts(self, tasknames: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Task name -> ``(n_T, D)`` prompt (table rows, or encoder output), for ``tasknames`` or every task.
+
+        Raises:
+            UnknownTaskError: a name is neither in the table nor in training.
+        """
+        encoder = self.prompt_encoder
+        training = encoder.tasks if encoder is not None else ()
+        if tasknames is None:
+            tasknames = [*self.prompt_table.tasks, *training]
+        unknown = [name for name in dict.fromkeys(tasknames) if name not in self.prompt_table and name not in training]
+        if unknown:
+            raise UnknownTaskError(
+                f"task(s) {unknown} unknown to this adapter; frozen in the table: {allowed(self.prompt_table.tasks)}; "
+                f"in training: {allowed(training)}"
+            )
+        prompts = {name: self.prompt_table[name] for name in tasknames if name in self.prompt_table}
+        in_training = [name for name in dict.fromkeys(tasknames) if name in training]
+        if in_training:
+            prompts.update(encoder(in_training, self._word_embeddings()))
+        return prompts
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        virtual_token_mask: torch.Tensor | None = None,
+        tasknames: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the base model with each row's prompt at its virtual positions; ``labels`` -> ``loss``.
+
+        Args:
+            input_ids: ``(B, L)`` token ids; placeholder ids at virtual positions.
+            attention_mask: ``(B, L)``.
+            inputs_embeds: ``(B, L, D)``, instead of ``input_ids``.
+            labels: ``(B, L)``, ``-100`` where no loss.
+            virtual_token_mask: ``(B, L)`` bool, True at virtual positions; ``None`` runs the plain base model.
+            tasknames: ``B`` task names.
+            kwargs: Passed to the base model.
+        """
+        embeds = self._embed_with_prompts(input_ids, inputs_embeds, virtual_token_mask, tasknames)
+        if embeds is not None:
+            input_ids = None
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=embeds, labels=labels, **kwargs
+        )
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``generate`` of the base model with the prompts written in at prefill.
+
+        The base model receives both ``input_ids`` (so logits processors such as ``repetition_penalty`` see real
+        ids, and the output starts with them) and ``inputs_embeds`` (used for the prefill only); decoding then
+        continues from the KV cache as usual, so greedy, sampling, beams and left padding all work.
+        """
+        virtual_token_mask = kwargs.pop("virtual_token_mask", None)
+        tasknames = kwargs.pop("tasknames", None)
+        if virtual_token_mask is None and tasknames is None:
+            return self.model.generate(*args, **kwargs)
+        input_ids = kwargs.pop("input_ids", None)
+        if args and isinstance(args[0], torch.Tensor):
+            input_ids, args = args[0], args[1:]
+        if input_ids is None:
+            raise RecordError(
+                "generate with virtual tokens needs input_ids (with placeholder ids at virtual positions)"
+            )
+        with torch.no_grad():
+            embeds = self._embed_with_prompts(
+                input_ids, kwargs.pop("inputs_embeds", None), virtual_token_mask, tasknames
+            )
+        return self.model.generate(*args, input_ids=input_ids, inputs_embeds=embeds, **kwargs)
+
+    def _embed_with_prompts(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        virtual_token_mask: torch.Tensor | None,
+        tasknames: Sequence[str] | None,
+    ) -> torch.Tensor | None:
+        """``(B, L, D)`` input embeddings with prompts injected; ``inputs_embeds`` unchanged without virtual tokens."""
+        if virtual_token_mask is None and tasknames is None:
+            return inputs_embeds
+        if virtual_token_mask is None or tasknames is None:
+            given = "virtual_token_mask" if tasknames is None else "tasknames"
+            raise RecordError(f"batch has {given} but not {'tasknames' if tasknames is None else 'virtual_token_mask'}")
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise RecordError("batch has neither input_ids nor inputs_embeds")
+            inputs_embeds = self._word_embeddings()(input_ids)
+        if not self._adapters_enabled:
+            return inputs_embeds
+        tasknames = list(tasknames)
+        return inject_prompts(inputs_embeds, virtual_token_mask, tasknames, self.task_prompts(tasknames))
+
+    # ------------------------------------------------------------------ rounds
+    def freeze_tasks(self) -> None:
+        """End the round: run the encoder once per task in training, store the outputs in the table, drop it.
+
+        Afterwards nothing is trainable and ``save_pretrained`` writes only the table (the inference artefact).
+
+        Raises:
+            ConfigError: no round is open (no tasks in training).
+        """
+        encoder = self.prompt_encoder
+        if encoder is None:
+            raise ConfigError(f"no tasks in training; the table already holds {allowed(self.prompt_table.tasks)}")
+        encoder.eval()
+        with torch.no_grad():
+            rows = encoder(list(encoder.tasks), self._word_embeddings())
+        for name in encoder.tasks:
+            self.prompt_table.add(name, rows[name])
+        del getattr(self, ENCODER_ATTR)[self._adapter]
+
+    def add_tasks(self, templates: Sequence[TaskTemplate | dict[str, Any]], tokenizer: Any = None) -> None:
+        """Start a round for new tasks with a fresh encoder; tasks in the table stay frozen.
+
+        Args:
+            templates: Templates of the new tasks.
+            tokenizer: The base model's tokenizer, to encode the new task names (else it is loaded from
+                ``tokenizer_name_or_path`` or the base model's path; ids already in the config are kept).
+
+        Raises:
+            ConfigError: a round is still open (call ``freeze_tasks()`` first).
+            DuplicateTaskError: a new task's name is already known.
+        """
+        if self.prompt_encoder is not None:
+            raise ConfigError(
+                f"task(s) {list(self.prompt_encoder.tasks)} are still in training; call freeze_tasks() before add_tasks()"
+            )
+        config = self.peft_config[self._adapter]
+        new = [ContinualPromptConfig._template_dict(t, i) for i, t in enumerate(templates)]
+        if not new:
+            raise ConfigError("add_tasks needs at least one template")
+        check_unique_tasknames(config.task_templates() + [TaskTemplate.from_dict(t) for t in new])
+        saved = (list(config.templates), list(config.training_tasks), config.inference_mode)
+        config.templates += new
+        config.training_tasks = [t["taskname"] for t in new]
+        config.inference_mode = False
+        try:
+            self._build_encoder(self._adapter, config, tokenizer)
+        except Exception:
+            config.templates, config.training_tasks, config.inference_mode = saved
+            raise
+
+    def _on_table_change(self, adapter_name: str, event: str, taskname: str, new_name: str | None) -> None:
+        """Keep ``frozen_tasks``, ``training_tasks``, ``templates`` and ``taskname_token_ids`` in step with the table."""
+        config = self.peft_config[adapter_name]
+        counts = config.token_counts()
+        if event == "add":
+            if taskname not in counts:
+                raise ConfigError(f"task {taskname!r} has no template in the config; add_tasks([template]) first")
+            config.frozen_tasks[taskname] = counts[taskname]
+            config.training_tasks = [name for name in config.training_tasks if name != taskname]
+        elif event == "remove":
+            del config.frozen_tasks[taskname]
+            config.templates = [t for t in config.templates if t["taskname"] != taskname]
+            config.taskname_token_ids.pop(taskname, None)
+        else:
+            if new_name in counts:
+                raise DuplicateTaskError(
+                    f"cannot rename {taskname!r} to {new_name!r}: the adapter already has that task"
+                )
+            config.frozen_tasks = {new_name if k == taskname else k: v for k, v in config.frozen_tasks.items()}
+            for template in config.templates:
+                if template["taskname"] == taskname:
+                    template["taskname"] = new_name
+            if taskname in config.taskname_token_ids:
+                config.taskname_token_ids[new_name] = config.taskname_token_ids.pop(taskname)

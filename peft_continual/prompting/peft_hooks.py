@@ -1,0 +1,166 @@
+"""Every hook into PEFT internals that the continual prompt method needs, in one place.
+
+PEFT 0.21 has no plugin API for new methods: ``PeftType`` is a closed ``Enum`` and ``register_peft_method`` refuses
+a name that is not one of its members. The route used here (checked on PEFT 0.21.2, pinned by
+``tests/prompting/test_peft_hooks.py``):
+
+1. add the member ``CONTINUAL_PROMPT`` to ``PeftType`` (``add_peft_type``);
+2. call ``register_peft_method`` with a ``PeftConfig`` subclass (not a ``PromptLearningConfig``: PEFT's prompt
+   learning path dispatches on hard-coded types and refuses ``is_trainable=True`` on load) and a ``BaseTuner``
+   subclass (``register``);
+3. let the tuner own its state as tuner-level attributes (``PeftTunerBase``): PEFT saves every child module,
+   parameter and buffer of a ``BaseTuner`` except ``model``, and ``get_peft_model`` returns a
+   ``PeftModelForCausalLM`` whose ``forward``/``generate`` pass unknown keyword arguments to the tuner and whose
+   attribute lookup falls through to the tuner's own methods.
+
+State attribute names start with the method prefix and hold one entry per adapter name (``continual_prompt_table
+.default...``), because ``PeftModel.load_adapter`` reports a missing key only when it contains both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from peft.mapping import (
+    PEFT_TYPE_TO_CONFIG_MAPPING,
+    PEFT_TYPE_TO_PREFIX_MAPPING,
+    PEFT_TYPE_TO_TUNER_MAPPING,
+)
+from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.peft_types import PeftType, register_peft_method
+from torch import nn
+
+METHOD_NAME = "continual_prompt"
+"""Name of the method as PEFT knows it (``register_peft_method(name=...)``); ``PeftType`` member is its upper case."""
+
+PREFIX = METHOD_NAME + "_"
+"""PEFT's per-method prefix; every saved key of the method contains it."""
+
+TABLE_ATTR = PREFIX + "table"
+"""Tuner attribute holding ``{adapter_name: PromptTable}``."""
+
+ENCODER_ATTR = PREFIX + "encoder"
+"""Tuner attribute holding ``{adapter_name: TaskPromptEncoder}`` while a training round is open."""
+
+
+def add_peft_type(name: str = METHOD_NAME.upper()) -> PeftType:
+    """Add ``name`` as a member of PEFT's closed ``PeftType`` enum (idempotent) and return the member.
+
+    ``register_peft_method`` checks ``name.upper() in list(PeftType)`` and PEFT reads configs back with
+    ``PeftType(value)``, so the member must be visible to iteration, value lookup, name lookup and attribute access.
+    """
+    if name in PeftType.__members__:
+        return PeftType[name]
+    member = str.__new__(PeftType, name)
+    member._name_ = name
+    member._value_ = name
+    member.__objclass__ = PeftType
+    setattr(PeftType, name, member)
+    PeftType._member_map_[name] = member
+    PeftType._value2member_map_[name] = member
+    PeftType._member_names_.append(name)
+    return member
+
+
+PEFT_TYPE = add_peft_type()
+"""``PeftType.CONTINUAL_PROMPT``; importing this module adds it."""
+
+
+def register(config_cls: type, model_cls: type) -> None:
+    """Register the method with PEFT; calling it again with the same classes does nothing.
+
+    A second call with other classes (a re-imported module) replaces the mapping entries, since
+    ``register_peft_method`` itself refuses a name twice.
+    """
+    if (
+        PEFT_TYPE_TO_TUNER_MAPPING.get(PEFT_TYPE) is model_cls
+        and PEFT_TYPE_TO_CONFIG_MAPPING.get(PEFT_TYPE) is config_cls
+    ):
+        return
+    if PEFT_TYPE in PEFT_TYPE_TO_TUNER_MAPPING:
+        PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] = model_cls
+        PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] = PREFIX
+        return
+    register_peft_method(name=METHOD_NAME, config_cls=config_cls, model_cls=model_cls, prefix=PREFIX)
+
+
+class PeftTunerBase(BaseTuner):
+    """A ``BaseTuner`` that wraps nothing: its state is a table and an encoder per adapter name.
+
+    PEFT's ``BaseTuner.inject_adapter`` replaces target modules with adapter layers; this method replaces no module,
+    so ``inject_adapter`` is overridden to call ``_build_adapter`` instead, and the hooks PEFT calls on tuners that
+    walk ``BaseTunerLayer`` modules are given their meaning here (state-dict key mapping, enabling/disabling).
+    Subclasses implement ``_build_adapter(adapter_name, config)``.
+    """
+
+    prefix = PREFIX
+    tuner_layer_cls = nn.Module  # never used to find layers: this tuner injects none
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def __init__(self, model: nn.Module, peft_config: Any, adapter_name: str, **kwargs: Any) -> None:
+        self._adapters_enabled = True
+        super().__init__(model, peft_config, adapter_name, **kwargs)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **_: Any) -> None:
+        """Freeze the base model and build this adapter's table and encoder (called by ``BaseTuner.__init__``)."""
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        for attr in (TABLE_ATTR, ENCODER_ATTR):
+            if not hasattr(self, attr):
+                setattr(self, attr, nn.ModuleDict())
+        self._build_adapter(adapter_name, self.peft_config[adapter_name])
+
+    def _build_adapter(self, adapter_name: str, config: Any) -> None:
+        """Create the state of ``adapter_name`` from its config (the subclass's job)."""
+        raise NotImplementedError
+
+    def _create_and_replace(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} replaces no module of the base model")
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """Backs ``disable_adapter_layers()``/``enable_adapter_layers()``: disabled, the base model runs alone."""
+        self._adapters_enabled = enabled
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Make ``adapter_name`` active; its encoder is trainable unless ``inference_mode``."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self.active_adapter = adapter_name
+        for name in names:
+            for parameter in self._adapter_parameters(name):
+                parameter.requires_grad_(not inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Drop an adapter's config, table and encoder."""
+        del self.peft_config[adapter_name]
+        for attr in (TABLE_ATTR, ENCODER_ATTR):
+            getattr(self, attr).pop(adapter_name, None)
+        remaining = list(self.peft_config)
+        self.active_adapter = remaining[0] if remaining else []
+
+    def _adapter_parameters(self, adapter_name: str) -> Iterator[nn.Parameter]:
+        encoders = getattr(self, ENCODER_ATTR)
+        if adapter_name in encoders:
+            yield from encoders[adapter_name].parameters()
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """Encoders are built in float32 whatever the base dtype (PEFT's ``autocast_adapter_dtype`` default)."""
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """``base_model.continual_prompt_table.default.x`` -> ``base_model.continual_prompt_table.x`` (saved key).
+
+        PEFT's default drops the adapter name only when it is the last or second-to-last part of the key, which
+        would leave it inside deeper encoder keys; saved files here never hold the adapter name, so an adapter saved
+        as ``default`` loads under any name.
+        """
+        for attr in (TABLE_ATTR, ENCODER_ATTR):
+            marker = f"{attr}.{adapter_name}."
+            if marker in key:
+                return key.replace(marker, f"{attr}.", 1)
+        return key
+
+    def _word_embeddings(self) -> nn.Module:
+        """The base model's input embedding module (frozen)."""
+        return self.model.get_input_embeddings()

@@ -1,0 +1,139 @@
+"""Pins of the PEFT behaviours that ``peft_continual.prompting.peft_hooks`` relies on (checked on PEFT 0.21.2).
+
+Each assertion message says which behaviour changed, so a PEFT upgrade that breaks the method fails here first
+and says where to look.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from unittest import mock
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils.peft_types import PeftType, register_peft_method
+from safetensors.torch import load_file, save_file
+
+from peft_continual.errors import ConfigError
+from peft_continual.prompting import PEFT_TYPE, ContinualPromptConfig, ContinualPromptModel, peft_hooks
+from tests.prompting.conftest import TEMPLATE_A, make_batch, make_peft_model, tiny_model
+
+CHANGED = "PEFT changed: "
+
+
+def test_peft_type_is_still_closed():
+    with pytest.raises(ValueError, match="Unknown PEFT type"):
+        register_peft_method(name="not_a_member_of_peft_type", config_cls=object, model_cls=object)
+    # If this fails, PEFT opened PeftType: add_peft_type may no longer be needed (keep it working either way).
+
+
+def test_our_member_behaves_like_a_peft_type():
+    assert PeftType("CONTINUAL_PROMPT") is PEFT_TYPE, CHANGED + "PeftType(value) lookup"
+    assert PeftType["CONTINUAL_PROMPT"] is PEFT_TYPE and PeftType.CONTINUAL_PROMPT is PEFT_TYPE
+    assert PEFT_TYPE in list(PeftType), CHANGED + "register_peft_method checks `name.upper() in list(PeftType)`"
+    assert isinstance(PEFT_TYPE, PeftType) and PEFT_TYPE == "CONTINUAL_PROMPT"
+    assert json.dumps(PEFT_TYPE) == '"CONTINUAL_PROMPT"', "adapter_config.json must hold the plain name"
+
+
+def test_registration_fills_peft_mappings_and_is_idempotent():
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PEFT_TYPE] is ContinualPromptConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PEFT_TYPE] is ContinualPromptModel
+    assert PEFT_TYPE_TO_PREFIX_MAPPING[PEFT_TYPE] == "continual_prompt_"
+    assert peft_hooks.add_peft_type() is PEFT_TYPE
+    peft_hooks.register(ContinualPromptConfig, ContinualPromptModel)  # a second import must not raise
+    assert list(PeftType).count(PEFT_TYPE) == 1
+
+
+def test_get_peft_model_wraps_our_tuner_in_peft_model_for_causal_lm():
+    model = make_peft_model()
+    assert type(model) is PeftModelForCausalLM, CHANGED + "get_peft_model picks the wrapper by task_type"
+    assert isinstance(model.base_model, ContinualPromptModel), (
+        CHANGED + "PeftModel builds PEFT_TYPE_TO_TUNER_MAPPING[type]"
+    )
+    assert model.freeze_tasks.__self__ is model.base_model, CHANGED + "PeftModel.__getattr__ forwards to the tuner"
+    assert model.get_base_model() is model.base_model.model
+
+
+def test_forward_and_generate_pass_our_keys_to_the_tuner():
+    model = make_peft_model()
+    batch = make_batch([("sentiment", [4, [5, 6]])])
+    with mock.patch.object(ContinualPromptModel, "forward", autospec=True, return_value="out") as forward:
+        assert model(**batch) == "out"
+    assert forward.call_args.kwargs["tasknames"] == ["sentiment"], CHANGED + "PeftModelForCausalLM.forward kwargs"
+    assert forward.call_args.kwargs["virtual_token_mask"] is batch["virtual_token_mask"]
+    with mock.patch.object(ContinualPromptModel, "generate", autospec=True, return_value="gen") as generate:
+        assert model.generate(**batch, max_new_tokens=2) == "gen"
+    assert generate.call_args.kwargs["tasknames"] == ["sentiment"], CHANGED + "PeftModelForCausalLM.generate kwargs"
+
+
+def test_save_writes_tuner_state_without_adapter_name_and_no_base_weights(tmp_path):
+    model = make_peft_model()
+    model.freeze_tasks()
+    model.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert set(saved) == {
+        "base_model.continual_prompt_table.task:sentiment",
+        "base_model.continual_prompt_table.task:topic",
+    }, CHANGED + "save_pretrained selects BaseTuner attributes (BaseTuner._get_adapter_state_dict)"
+    assert not (tmp_path / "adapter_model.bin").exists()
+
+
+def test_from_pretrained_rebuilds_our_config_and_allows_is_trainable(tmp_path):
+    model = make_peft_model(encoder_type="mlp", encoder_hidden_size=8)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path, is_trainable=True)
+    config = loaded.peft_config["default"]
+    assert type(config) is ContinualPromptConfig, CHANGED + "from_pretrained maps peft_type to our config class"
+    assert config.to_dict() == model.peft_config["default"].to_dict(), CHANGED + "config fields dropped on load"
+    assert isinstance(loaded.base_model, ContinualPromptModel)
+
+
+def test_load_reports_missing_keys_that_contain_prefix_and_adapter_name(tmp_path):
+    model = make_peft_model()
+    model.freeze_tasks()
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(path)
+    del tensors["base_model.continual_prompt_table.task:topic"]
+    save_file(tensors, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = PeftModel.from_pretrained(tiny_model(), tmp_path)
+    messages = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+    assert messages and "continual_prompt_table.default.task:topic" in messages[0], (
+        CHANGED + "PeftModel.load_adapter filters missing keys by method prefix and adapter name"
+    )
+    loaded(**make_batch([("sentiment", [4, [5, 6]])]))  # the rows that were loaded serve
+    with pytest.raises(ConfigError, match="'topic' were never loaded"):
+        loaded(**make_batch([("topic", [[5], 2, [6], 3])]))
+
+
+def test_auto_peft_model_for_causal_lm_loads_from_a_local_base(tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    tiny_model().save_pretrained(tmp_path / "base")
+    config = ContinualPromptConfig(templates=[TEMPLATE_A], taskname_token_ids={"sentiment": [3]})
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "base"), config)
+    model.freeze_tasks()
+    model.save_pretrained(tmp_path / "adapter")
+    assert config.base_model_name_or_path == str(tmp_path / "base")
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    assert isinstance(loaded.base_model, ContinualPromptModel), CHANGED + "AutoPeftModelForCausalLM dispatch"
+    assert loaded.prompt_table.row_hashes() == model.prompt_table.row_hashes()
+
+
+def test_disable_adapter_context_needs_tuner_layers_so_use_disable_adapter_layers():
+    model = make_peft_model()
+    with pytest.raises(ValueError, match="No adapter layers found"), model.disable_adapter():
+        pass
+    # If this fails, PEFT's disable_adapter() works without tuner layers: document it as the way to run the base.
+    batch = make_batch([("sentiment", [4, [5, 6]])])
+    base_logits = model.get_base_model()(input_ids=batch["input_ids"]).logits
+    model.disable_adapter_layers()
+    assert torch.equal(model(**batch).logits, base_logits)
+    model.enable_adapter_layers()
+    assert not torch.equal(model(**batch).logits, base_logits)
