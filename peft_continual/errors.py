@@ -35,7 +35,7 @@ class RecordTooLongError(RecordError):
 
 
 class ConfigError(PeftContinualError):
-    """A ``ContinualPromptConfig`` field is invalid, or a change of a model's tasks is not allowed in its state."""
+    """A configuration value is invalid (method, evaluation or recipe settings), or a change of tasks is not allowed now."""
 
 
 class TableMismatchError(PeftContinualError):

@@ -1,0 +1,90 @@
+"""Training with ``transformers.Trainer``: arguments with prompt-learning defaults, and a trainer that resumes.
+
+Nothing here replaces ``Trainer``: the method's model is a ``PeftModel`` whose forward takes the batch of
+``ContinualPromptCollator`` (with ``virtual_token_mask`` and ``tasknames``), so the stock training loop, checkpoints,
+``resume_from_checkpoint``, ``load_best_model_at_end`` and ``accelerate launch`` (DDP) all apply unchanged. The
+subclass of ``TrainingArguments`` only changes defaults that are wrong for this method.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from peft_continual.data.collate import ContinualPromptCollator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ContinualTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with defaults for continual p-tuning.
+
+    > Defaults changed from ``TrainingArguments``
+
+    - ``remove_unused_columns=False``: the batch's ``tasknames`` and ``virtual_token_mask`` are not arguments of the
+      base model's ``forward``, and ``Trainer`` would otherwise drop them.
+    - ``label_names=["labels"]``: ``Trainer`` cannot infer it through the ``PeftModel`` wrapper.
+    - ``learning_rate=1e-3``: prompt encoders train at rates far above full fine-tuning (PEFT's P_TUNING examples
+      and NeMo use 1e-3 to 1e-4).
+    - ``warmup_steps=0.06``: 6% of the steps as linear warm-up.
+    - ``logging_steps=10``, ``save_total_limit=2``.
+
+    Example:
+        >>> args = ContinualTrainingArguments(output_dir="out", max_steps=10)
+        >>> args.remove_unused_columns, args.label_names
+        (False, ['labels'])
+    """
+
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep `tasknames`/`virtual_token_mask` in the batch (must stay False)."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"], metadata={"help": "Batch keys holding the labels."}
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate of AdamW."})
+    warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up steps, or a fraction of all steps if < 1."})
+    logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in `output_dir`."})
+
+
+def build_trainer(
+    model: Any,
+    args: ContinualTrainingArguments,
+    train_dataset: Any,
+    pad_token_id: int,
+    eval_dataset: Any = None,
+    **trainer_kwargs: Any,
+) -> Trainer:
+    """A ``Trainer`` for a continual-prompt ``PeftModel`` on tokenized examples of any mix of tasks.
+
+    Args:
+        model: The ``PeftModel`` (from ``get_peft_model`` or ``PeftModel.from_pretrained(..., is_trainable=True)``).
+        args: Training arguments.
+        train_dataset: ``TokenizedExample``s (a list) or a tokenized ``datasets.Dataset``.
+        pad_token_id: Padding id of the tokenizer (right padding is used for training).
+        eval_dataset: Optional held-out examples, for ``eval_loss`` and best-checkpoint selection.
+        trainer_kwargs: Passed to ``Trainer`` (callbacks, ``compute_metrics``...).
+    """
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=ContinualPromptCollator(pad_token_id=pad_token_id),
+        **trainer_kwargs,
+    )
+
+
+def train_or_resume(trainer: Trainer) -> Any:
+    """Train, resuming from the last checkpoint in ``output_dir`` when one is there (a rerun after a crash)."""
+    output_dir = trainer.args.output_dir
+    last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if last is not None:
+        logger.info("resuming from %s", last)
+    return trainer.train(resume_from_checkpoint=last)
