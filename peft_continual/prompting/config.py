@@ -35,6 +35,7 @@ class ContinualPromptConfig(PeftConfig):
     """Configuration of continual multi-task p-tuning (``PeftType.CONTINUAL_PROMPT``).
 
     Args:
+        task_type: PEFT's task type; only ``CAUSAL_LM``.
         templates: Every task's template (``TaskTemplate`` or its ``to_dict()``), frozen tasks and tasks in training.
         encoder_type: ``lstm`` (default), ``mlp`` or ``embedding``.
         encoder_hidden_size: Hidden size of the LSTM/MLP; ``None`` means the base model's hidden size.
@@ -50,7 +51,7 @@ class ContinualPromptConfig(PeftConfig):
         base_model_fingerprint: Hidden size, vocabulary size and embedding hash of the base model the adapter was
             built on (filled when the model is built; checked whenever it is built again, e.g. on load).
 
-    Example:
+    Examples:
         >>> from peft_continual.data.templates import TaskTemplate
         >>> t = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label")
         >>> config = ContinualPromptConfig(templates=[t], encoder_hidden_size=32)

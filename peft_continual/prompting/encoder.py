@@ -36,7 +36,7 @@ class TaskPromptEncoder(nn.Module):
 
     Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, D)`` float32.
 
-    Example:
+    Examples:
         >>> encoder = TaskPromptEncoder(8, {"a": 3, "b": 5}, {"a": [4], "b": [5, 6]}, "lstm", hidden_size=6)
         >>> out = encoder(["a", "b"], nn.Embedding(10, 8))
         >>> out["a"].shape, out["b"].shape

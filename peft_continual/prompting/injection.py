@@ -40,7 +40,7 @@ def inject_prompts(
         RecordError: shapes disagree, or a row's number of virtual positions differs from its task's ``n_T``.
         UnknownTaskError: a row names a task missing from ``prompts``.
 
-    Example:
+    Examples:
         >>> embeds = torch.zeros(2, 4, 1)
         >>> mask = torch.tensor([[True, False, True, False], [False, False, False, True]])
         >>> out = inject_prompts(embeds, mask, ["a", "b"], {"a": torch.tensor([[1.0], [2.0]]), "b": torch.tensor([[3.0]])})

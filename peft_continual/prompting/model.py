@@ -38,16 +38,20 @@ class ContinualPromptModel(PeftTunerBase):
     Batch keys, besides the base model's: ``virtual_token_mask`` ``(B, L)`` bool, True where a row's virtual tokens
     stand (placeholder ids there are ignored), and ``tasknames``, a list of ``B`` task names.
 
-    **Attributes**:
-        - **prompt_table** (``PromptTable``) -- frozen rows of finished tasks.
-        - **prompt_encoder** (``TaskPromptEncoder`` or ``None``) -- the open round's encoder.
+    Attributes:
+        prompt_table: Frozen rows of finished tasks.
+        prompt_encoder: The open round's encoder, or ``None`` once its tasks are frozen.
 
-    Example:
+    Examples:
         >>> from peft import get_peft_model
-        >>> model = get_peft_model(base_model, ContinualPromptConfig(templates=[tmpl_a, tmpl_b]))  # doctest: +SKIP
-        >>> model(**batch).loss.backward()  # doctest: +SKIP
-        >>> model.freeze_tasks(); model.prompt_table.counts()  # doctest: +SKIP
-        {'a': 4, 'b': 6}
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                     num_hidden_layers=1, num_attention_heads=2))
+        >>> template = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label")
+        >>> config = ContinualPromptConfig(templates=[template], taskname_token_ids={"sentiment": [5]})
+        >>> model = get_peft_model(base, config)
+        >>> model.freeze_tasks(); model.prompt_table.counts()
+        {'sentiment': 4}
     """
 
     # ------------------------------------------------------------------ building

@@ -15,19 +15,35 @@ a name that is not one of its members. The route used here (checked on PEFT 0.21
 
 State attribute names start with the method prefix and hold one entry per adapter name (``continual_prompt_table
 .default...``), because ``PeftModel.load_adapter`` reports a missing key only when it contains both.
+
+Two methods of ``PeftModel`` itself are wrapped (``patch_peft_model``); both leave every other PEFT method untouched:
+
+4. ``save_pretrained`` writes into a staging folder and moves each file into place with ``os.replace``, so a save
+   that fails midway leaves the previous files whole (PEFT writes straight into the target);
+5. ``disable_adapter`` switches the tuner off and on (PEFT's version looks for adapter layers, and this tuner
+   injects none, so it raises "No adapter layers found").
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from peft.mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
     PEFT_TYPE_TO_PREFIX_MAPPING,
     PEFT_TYPE_TO_TUNER_MAPPING,
 )
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import CONFIG_NAME
 from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
 
@@ -120,7 +136,11 @@ class PeftTunerBase(BaseTuner):
         raise NotImplementedError(f"{type(self).__name__} replaces no module of the base model")
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        """Backs ``disable_adapter_layers()``/``enable_adapter_layers()``: disabled, the base model runs alone."""
+        """Backs ``disable_adapter_layers()``/``enable_adapter_layers()`` and ``with model.disable_adapter():``.
+
+        Disabled, the base model runs alone (placeholder ids are embedded as ordinary tokens). This is the one switch
+        that ``disable_adapter`` uses, so adapters stacked under this tuner can be switched here too.
+        """
         self._adapters_enabled = enabled
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
@@ -164,3 +184,107 @@ class PeftTunerBase(BaseTuner):
     def _word_embeddings(self) -> nn.Module:
         """The base model's input embedding module (frozen)."""
         return self.model.get_input_embeddings()
+
+
+# ---------------------------------------------------------------------------------------------- PeftModel hooks
+
+STAGING_PREFIX = ".partial-"
+"""Name prefix of the staging folder that ``save_pretrained`` creates inside the target folder (then removes)."""
+
+_ORIGINAL = "_peft_original"
+
+
+def _peft_method(name: str) -> Any:
+    """PEFT's own ``PeftModel.<name>``, even after ``patch_peft_model`` (or a re-import of this module) wrapped it."""
+    method = PeftModel.__dict__[name]
+    return getattr(method, _ORIGINAL, method)
+
+
+peft_save_pretrained = _peft_method("save_pretrained")
+"""PEFT's ``PeftModel.save_pretrained``, unwrapped."""
+
+peft_disable_adapter = _peft_method("disable_adapter")
+"""PEFT's ``PeftModel.disable_adapter``, unwrapped."""
+
+_SAVE_SIGNATURE = inspect.signature(peft_save_pretrained)
+
+
+@functools.wraps(peft_save_pretrained, assigned=("__name__", "__qualname__"))  # PEFT's signature for help()
+def save_pretrained(self: PeftModel, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+    """PEFT's ``save_pretrained``; for this method each file is written in full before it replaces the old one.
+
+    PEFT writes ``adapter_model.safetensors``, ``adapter_config.json`` and ``README.md`` (plus ``<adapter>/`` folders
+    for other adapter names) straight into ``save_directory``. Here it writes them into a staging folder inside
+    ``save_directory`` (same file system, so the rename is atomic), then each file is flushed to disk and moved into
+    place with ``os.replace``, the ``adapter_config.json`` files last: a save that fails midway leaves the previous
+    files intact, and a first save that fails leaves no loadable half adapter. Trainer checkpoints and
+    ``push_to_hub`` call this method, so they get the same guarantee. Other processes of a distributed run
+    (``is_main_process=False``) and other PEFT methods take PEFT's path unchanged.
+    """
+    arguments = _SAVE_SIGNATURE.bind(self, save_directory, *args, **kwargs).arguments
+    is_main_process = arguments.get("is_main_process", True)
+    if not isinstance(self.base_model, PeftTunerBase) or not is_main_process or os.path.isfile(save_directory):
+        return peft_save_pretrained(self, save_directory, *args, **kwargs)
+    with _staging_folder(Path(save_directory)) as staging:
+        peft_save_pretrained(self, str(staging), *args, **kwargs)
+    return None
+
+
+@contextlib.contextmanager
+def _staging_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty folder inside ``target``; when the block succeeds, move every file in it into ``target``.
+
+    The folder is removed whatever happens, and so is ``target`` if this call created it and nothing was saved.
+    """
+    created = not target.is_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    staging = target / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        if (target / "README.md").is_file():  # PEFT updates an existing model card instead of replacing it
+            shutil.copy2(target / "README.md", staging / "README.md")
+        yield staging
+        files = [path for path in staging.rglob("*") if path.is_file()]
+        for path in sorted(files, key=lambda path: path.name == CONFIG_NAME):  # configs last
+            destination = target / path.relative_to(staging)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "r+b") as file:  # the bytes reach the disk before the name points at them
+                os.fsync(file.fileno())
+            os.replace(path, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(target.iterdir()):
+            target.rmdir()
+
+
+@contextlib.contextmanager
+def disable_adapter(self: PeftModel) -> Iterator[None]:
+    """``with model.disable_adapter():`` runs the plain base model; the prompts are back after the block.
+
+    For this method it switches the tuner off with ``disable_adapter_layers()`` (placeholder ids are then embedded
+    as ordinary tokens) and back on afterwards, unless it was already off. Other PEFT methods take PEFT's path.
+    """
+    if not isinstance(self.base_model, PeftTunerBase):
+        with peft_disable_adapter(self):
+            yield
+        return
+    tuner, was_disabled = self.base_model, self._adapters_disabled
+    was_enabled = tuner._adapters_enabled
+    try:
+        tuner.disable_adapter_layers()
+        self._adapters_disabled = True
+        yield
+    finally:
+        if was_enabled:
+            tuner.enable_adapter_layers()
+        self._adapters_disabled = was_disabled
+
+
+def patch_peft_model() -> None:
+    """Install ``save_pretrained`` and ``disable_adapter`` on ``PeftModel`` (and so on its subclasses); idempotent."""
+    for name, hook, original in (
+        ("save_pretrained", save_pretrained, peft_save_pretrained),
+        ("disable_adapter", disable_adapter, peft_disable_adapter),
+    ):
+        setattr(hook, _ORIGINAL, original)
+        setattr(PeftModel, name, hook)

@@ -40,7 +40,7 @@ class PromptTable(nn.Module):
             config, then loads the file into it). Until a state dict fills them, their rows are NaN and reading them
             with ``table[name]`` raises, so a table whose file lacked a task fails loudly instead of serving zeros.
 
-    Example:
+    Examples:
         >>> table = PromptTable(token_dim=4)
         >>> table.add("sentiment", torch.zeros(3, 4))
         >>> len(table), "sentiment" in table, table.counts(), table.shapes()

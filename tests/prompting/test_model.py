@@ -207,3 +207,41 @@ def test_inputs_embeds_instead_of_input_ids():
     with torch.no_grad():
         expected = model(**make_batch(ROWS_ABC)).logits
         assert torch.equal(model(inputs_embeds=embeds, **batch).logits, expected)
+
+
+def test_disable_adapter_context_runs_the_plain_base_model_then_the_prompts_are_back():
+    model = frozen_and_training()  # table rows and encoder rows in one batch
+    batch = make_batch(ROWS_ABC)
+    prompts = make_batch(ROWS_ABC, padding_side="left")
+    prompts.pop("labels")
+    settings = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
+    base = model.get_base_model()
+    with torch.no_grad():
+        with_prompts = model(**batch).logits
+        with model.disable_adapter():
+            assert not model.has_active_enabled_adapter
+            disabled = model(**batch).logits
+            generated = model.generate(**prompts, **settings)
+        assert torch.equal(model(**batch).logits, with_prompts), "the prompts are back after the block"
+        plain = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        plain_generated = base.generate(
+            input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"], **settings
+        )
+    assert torch.equal(disabled, plain), "placeholder ids are embedded as ordinary tokens"
+    assert torch.equal(generated, plain_generated)
+    assert model.has_active_enabled_adapter
+
+
+def test_disable_adapter_context_keeps_adapters_that_were_already_disabled():
+    model = frozen_and_training()
+    batch = make_batch(ROWS_ABC)
+    model.disable_adapter_layers()
+    with torch.no_grad():
+        disabled = model(**batch).logits
+        with model.disable_adapter():
+            pass
+        assert torch.equal(model(**batch).logits, disabled)
+    model.enable_adapter_layers()
+    with pytest.raises(RuntimeError, match="inside"), model.disable_adapter():
+        raise RuntimeError("inside")
+    assert model.has_active_enabled_adapter and model.base_model._adapters_enabled

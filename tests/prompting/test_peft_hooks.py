@@ -6,12 +6,14 @@ and says where to look.
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
+from pathlib import Path
 from unittest import mock
 
+import peft.peft_model
 import pytest
-import torch
 from peft import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
@@ -126,14 +128,58 @@ def test_auto_peft_model_for_causal_lm_loads_from_a_local_base(tmp_path):
     assert loaded.prompt_table.row_hashes() == model.prompt_table.row_hashes()
 
 
-def test_disable_adapter_context_needs_tuner_layers_so_use_disable_adapter_layers():
+def test_peft_model_subclasses_reach_our_two_peft_model_hooks():
+    for name, hook in (
+        ("save_pretrained", peft_hooks.save_pretrained),
+        ("disable_adapter", peft_hooks.disable_adapter),
+    ):
+        assert getattr(PeftModelForCausalLM, name) is hook, CHANGED + f"PeftModelForCausalLM overrides {name}"
+    peft_hooks.patch_peft_model()  # a second import must not wrap twice
+    assert PeftModel.save_pretrained is peft_hooks.save_pretrained
+    assert peft_hooks.peft_save_pretrained.__module__ == "peft.peft_model"
+    assert peft_hooks.peft_disable_adapter.__module__ == "peft.peft_model"
+    assert "is_main_process" in inspect.signature(peft_hooks.peft_save_pretrained).parameters
+
+
+def test_peft_save_writes_straight_into_the_folder(tmp_path, monkeypatch):
+    """Why ``save_pretrained`` is wrapped: PEFT's own save leaves a truncated file when it fails midway."""
+
+    def write_half(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 8)
+        raise OSError("disk full")
+
     model = make_peft_model()
-    with pytest.raises(ValueError, match="No adapter layers found"), model.disable_adapter():
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", write_half)
+    with pytest.raises(OSError, match="disk full"):
+        peft_hooks.peft_save_pretrained(model, tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").read_bytes() == b"\x00" * 8, (
+        CHANGED + "save_pretrained no longer writes straight into the folder: the staging hook may be unneeded"
+    )
+
+
+def test_peft_save_writes_only_inside_the_folder_and_updates_its_model_card(tmp_path):
+    """The staging folder relies on both: every file lands under the given folder, and ``README.md`` is read there."""
+    model = make_peft_model()
+    target = tmp_path / "adapter"
+    target.mkdir()
+    (target / "README.md").write_text("# Notes\n\nkeep me\n")
+    peft_hooks.peft_save_pretrained(model, str(target))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"], CHANGED + "save_pretrained wrote elsewhere"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ], CHANGED + "the files save_pretrained writes"
+    assert "keep me" in (target / "README.md").read_text(), CHANGED + "create_or_update_model_card reads the folder"
+
+
+def test_peft_disable_adapter_looks_for_adapter_layers_that_our_tuner_has_not():
+    """Why ``disable_adapter`` is wrapped: PEFT's non-prompt-learning branch calls ``get_model_status()``."""
+    model = make_peft_model()
+    with pytest.raises(ValueError, match="No adapter layers found"), peft_hooks.peft_disable_adapter(model):
         pass
-    # If this fails, PEFT's disable_adapter() works without tuner layers: document it as the way to run the base.
-    batch = make_batch([("sentiment", [4, [5, 6]])])
-    base_logits = model.get_base_model()(input_ids=batch["input_ids"]).logits
-    model.disable_adapter_layers()
-    assert torch.equal(model(**batch).logits, base_logits)
-    model.enable_adapter_layers()
-    assert not torch.equal(model(**batch).logits, base_logits)
+    # If this fails, PEFT's disable_adapter works without tuner layers: the disable_adapter hook may be unneeded.
+    assert model._adapters_disabled is False, CHANGED + "PeftModel._adapters_disabled (set by our disable_adapter)"
+    model._adapters_disabled = True
+    assert model.has_active_enabled_adapter is False, CHANGED + "has_active_enabled_adapter reads _adapters_disabled"
+    model._adapters_disabled = False

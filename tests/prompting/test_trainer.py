@@ -66,11 +66,15 @@ def test_resumed_training_ends_with_the_table_of_an_uninterrupted_run(tmp_path):
         data_collator=collate,
         callbacks=[StopAt(3)],
     ).train()
+    checkpoint = tmp_path / "resumed" / "checkpoint-3"  # Trainer saves the adapter through our atomic save
+    saved = {p.name for p in checkpoint.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt"} <= saved
+    assert not [name for name in saved if name.startswith(".partial-")]
     resumed = make_peft_model(encoder_type="mlp", seed=2)  # other initial weights: the checkpoint must overwrite them
     trainer = Trainer(
         model=resumed, args=arguments(tmp_path / "resumed", **settings), train_dataset=ROWS, data_collator=collate
     )
-    trainer.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-3"))
+    trainer.train(resume_from_checkpoint=str(checkpoint))
     assert trainer.state.global_step == 6
     resumed.freeze_tasks()
     assert resumed.prompt_table.row_hashes() == straight.prompt_table.row_hashes()
