@@ -112,7 +112,8 @@ def plot_results(
         if points:
             axis.plot([p[0] for p in points], [p[1] for p in points], label=name)
     axis.set(xlabel="step", ylabel="training loss", title="Training loss per round")
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend()
     figure.tight_layout()
     written.append(output_dir / "training_loss.png")
     figure.savefig(written[-1], dpi=120)

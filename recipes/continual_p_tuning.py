@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.data.fewshot import fewshot_template
@@ -111,6 +111,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         served = [s for s in specs if s.round <= number]
         if not (round_dir / "table" / "adapter_config.json").exists():
             # 6 wrap: a fresh encoder for this round's tasks; earlier tasks stay frozen rows of the table.
+            set_seed(training.seed + number)  # the encoder's initialisation, the same on every (re)run
             if number == 1:
                 config = ContinualPromptConfig(
                     task_type="CAUSAL_LM",

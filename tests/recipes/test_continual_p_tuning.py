@@ -1,0 +1,121 @@
+"""The continual p-tuning recipe end to end on a tiny random model: outputs, frozen old tasks, resume after a kill."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, Trainer
+
+from tests.conftest import SMOLLM2_TOKENIZER_DIR
+from tests.data.shared_data import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = runpy.run_path(str(ROOT / "recipes" / "continual_p_tuning.py"))
+TASKS = """
+tasks:
+  - {taskname: sentiment, round: 1, dataset: financial_phrasebank, total_virtual_tokens: 4, virtual_token_splits: [2, 2],
+     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}\\n<|VIRTUAL_PROMPT_1|>Sentiment: {label}", answer_field: label,
+     train_records: 16, eval_records: 4, fewshot: {k: 1},
+     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}, max_new_tokens: 3}}
+  - {taskname: intent_and_slot, round: 1, dataset: assistant_nlu, total_virtual_tokens: 3, virtual_token_splits: [3],
+     prompt_template: "<|VIRTUAL_PROMPT_0|>{utterance}\\n{label}", answer_field: label, train_records: 16,
+     eval_records: 4, fewshot: {k: 2, sampling: total}, evaluation: {kind: intent_and_slot, max_new_tokens: 6}}
+  - {taskname: sentiment_no, round: 2, dataset: norec_sentence_no, total_virtual_tokens: 4, virtual_token_splits: [4],
+     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}\\nSentiment: {label}", answer_field: label,
+     train_records: 16, eval_records: 4, fewshot: {k: 1},
+     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}, max_new_tokens: 3}}
+"""
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama):
+    path = tmp_path / "tiny-model"
+    tiny_llama.save_pretrained(path)
+    AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR).save_pretrained(path)
+    return path
+
+
+def run_recipe(tmp_path, model_dir, output_dir):
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is not here")
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    flags = [
+        "--config",
+        str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml"),
+        "--tasks",
+        str(tmp_path / "tasks.yaml"),
+        "--data_dir",
+        str(SHARED_DATA),
+        "--model",
+        str(model_dir),
+        "--output_dir",
+        str(output_dir),
+        "--round_max_steps",
+        "4",
+        "2",
+        "--save_steps",
+        "2",
+        "--eval_steps",
+        "2",
+        "--validation_records",
+        "4",
+        "--per_device_train_batch_size",
+        "4",
+        "--encoder_type",
+        "mlp",
+        "--learning_rate",
+        "0.01",
+        "--disable_tqdm",
+        "true",
+    ]
+    return RECIPE["main"](*RECIPE["parse_args"](flags))
+
+
+def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir):
+    output_dir = tmp_path / "out"
+    rows = run_recipe(tmp_path, tiny_model_dir, output_dir)
+    assert [(r.task, r.stage) for r in rows] == [
+        ("sentiment", "few-shot"),
+        ("intent_and_slot", "few-shot"),
+        ("sentiment_no", "few-shot"),
+        ("sentiment", "round 1"),
+        ("intent_and_slot", "round 1"),
+        ("sentiment", "round 2"),
+        ("intent_and_slot", "round 2"),
+        ("sentiment_no", "round 2"),
+    ]
+    results = json.loads((output_dir / "results.json").read_text())
+    frozen = results["round_1_tasks_after_last_round"]
+    assert set(frozen) == {"sentiment", "intent_and_slot"}
+    assert all(v["rows_identical"] and v["predictions_identical"] for v in frozen.values())
+    for name in ("results.md", "training_loss.png", "accuracy.png", "round_2/table/adapter_model.safetensors"):
+        assert (output_dir / name).exists(), name
+    assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0
+
+
+def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_dir, monkeypatch):
+    straight = tmp_path / "straight"
+    run_recipe(tmp_path, tiny_model_dir, straight)
+
+    original = Trainer.training_step
+
+    def killed_at_step_3(self, *args, **kwargs):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed")
+    monkeypatch.setattr(Trainer, "training_step", original)
+    torch.manual_seed(1234)  # a different RNG state than a fresh run: the checkpoint must decide
+    run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed")
+    hashes = [
+        json.loads((d / "results.json").read_text())["round_1_tasks_after_last_round"]
+        for d in (straight, tmp_path / "resumed")
+    ]
+    assert {k: v["sha256"] for k, v in hashes[0].items()} == {k: v["sha256"] for k, v in hashes[1].items()}
