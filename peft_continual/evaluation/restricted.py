@@ -11,19 +11,29 @@ the final EOS. Counting the EOS is what training teaches ("the answer ends here"
 a longer one that starts with it; a candidate that is only the *start* of the answer (the intent of an intent-and-
 slot answer) sets ``score_eos=False``. Sums are not length-normalised: candidates of one task are short labels, and
 normalising would favour long labels whose later tokens are easy to predict. Ties go to the earlier candidate.
+
+The prompt is shared: a candidate's example is split before its first scored token into a prompt (everything the
+answer is conditioned on, virtual tokens included) and a continuation (the answer tokens and EOS). Candidates whose
+prompts are the same token ids (all candidates of a record, as a rule, and duplicate records) share one prompt row:
+prompts run once, left-padded and batched, through the model's usual call (virtual tokens placed by the model) with
+``use_cache=True``; then every candidate's continuation runs from its prompt's KV cache. The prompt of a candidate
+is taken from its own with-answer example, so it is exactly the context the full forward would score against even
+where the tokenizer encodes the prompt differently with an answer behind it (truncation cuts more of a record
+for a longer candidate, for instance): such a candidate simply gets a prompt row of its own. A row that has no
+prompt before its first scored token (no BOS, empty prompt) is scored by one full forward, as a whole.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from peft_continual.data.collate import ContinualPromptCollator
+from peft_continual.data.collate import ContinualPromptCollator, PaddingSide
 from peft_continual.data.records import TaskRecord, template_for
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import IGNORE_INDEX, PromptTokenizer, TokenizedExample
@@ -77,12 +87,25 @@ def answer_log_likelihoods(
             f"the model returned logits of shape {tuple(logits.shape)} for input_ids {tuple(input_ids.shape)}; "
             "restricted scoring needs one logit row per input position"
         )
-    targets = batch["labels"][:, 1:].to(logits.device)  # (B, L-1): token t is predicted at position t-1
+    return _sum_log_probs(logits[:, :-1], batch["labels"][:, 1:])  # token t is predicted at position t-1
+
+
+def _sum_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed log-probabilities of the ``targets`` that are not ``IGNORE_INDEX``.
+
+    Args:
+        logits: (B, T, V), ``logits[b, t]`` predicts ``targets[b, t]``.
+        targets: (B, T) long, ``IGNORE_INDEX`` where nothing is scored.
+
+    Returns:
+        (B,) float32.
+    """
+    targets = targets.to(logits.device)
     mask = targets != IGNORE_INDEX
-    picked = logits[:, :-1][mask].float()  # (N, V), only the scored positions: the full (B, L, V) is never copied
+    picked = logits[mask].float()  # (N, V), only the scored positions: the full (B, T, V) is never copied
     token_log_probs = torch.log_softmax(picked, dim=-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)  # (N,)
     rows = mask.nonzero()[:, 0]
-    return torch.zeros(input_ids.shape[0], device=logits.device).index_add_(0, rows, token_log_probs)
+    return torch.zeros(targets.shape[0], device=logits.device).index_add_(0, rows, token_log_probs)
 
 
 def _scoring_tokenizer(prompt_tokenizer: PromptTokenizer, tasknames: Sequence[str]) -> PromptTokenizer:
@@ -128,6 +151,176 @@ def _candidate_rows(
     return rows
 
 
+@dataclass
+class _Continuation:
+    """A candidate row scored from a shared prompt: its tokens after the prompt, up to its last scored one."""
+
+    record: int
+    candidate: int
+    prompt: int  # index into _Plan.prompts
+    input_ids: list[int]  # (T,) the answer tokens (and EOS) that follow the prompt
+    labels: list[int]  # (T,) the token where it is scored, else IGNORE_INDEX
+
+
+@dataclass
+class _Plan:
+    """Candidate rows split into shared prompts + continuations, and the rows scored by a full forward instead."""
+
+    prompts: list[TokenizedExample] = field(default_factory=list)
+    continuations: list[_Continuation] = field(default_factory=list)
+    full: list[tuple[int, int, TokenizedExample]] = field(default_factory=list)  # (record, candidate, example)
+
+
+def _share_prompts(per_record: Sequence[Sequence[TokenizedExample] | None]) -> _Plan:
+    """Split each candidate example before its first scored token; candidates with equal prompts share one.
+
+    The prompt is cut from the candidate's own (with-answer) example, so the context of every scored token is the
+    one a full forward over that example gives. Prompts are equal when their task, token ids and virtual positions
+    are. A row with nothing before its first scored token, or (never with a valid template) a virtual token after
+    it, is left to a full forward.
+    """
+    plan = _Plan()
+    index: dict[tuple[str, tuple[int, ...], tuple[int, ...]], int] = {}
+    for r, examples in enumerate(per_record):
+        for c, example in enumerate(examples or ()):
+            scored = [t for t, label in enumerate(example.labels) if label != IGNORE_INDEX]
+            start = scored[0] if scored else 0
+            if start == 0 or any(position >= start for position in example.virtual_positions):
+                plan.full.append((r, c, example))
+                continue
+            key = (example.taskname, tuple(example.input_ids[:start]), tuple(example.virtual_positions))
+            if key not in index:
+                index[key] = len(plan.prompts)
+                prompt = TokenizedExample(
+                    example.input_ids[:start],
+                    [IGNORE_INDEX] * start,
+                    list(example.virtual_positions),
+                    example.taskname,
+                    example.source,
+                )
+                plan.prompts.append(prompt)
+            end = scored[-1] + 1
+            plan.continuations.append(
+                _Continuation(r, c, index[key], example.input_ids[start:end], example.labels[start:end])
+            )
+    return plan
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    return output.logits if hasattr(output, "logits") else output[0]
+
+
+def _continuation_sums(
+    model: Any,
+    next_logits: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    cache: Any,
+    rows: Sequence[tuple[int, _Continuation]],
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Summed log-probabilities of continuation rows, each scored from its prompt's last logits and KV cache.
+
+    The first answer token is scored from ``next_logits``; the others from one forward over the continuations
+    (right-padded, ``T - 1`` tokens: the last token predicts nothing scored) on top of the prompt rows of ``cache``.
+    The attention mask is the prompt's (left padding included) followed by the continuation's, and positions go on
+    from each prompt's own length, so models with absolute positions see what a full forward shows them.
+
+    Args:
+        model: the causal LM that produced ``cache``.
+        next_logits: (P, V) each prompt's logits at its last position (they predict the first answer token).
+        prompt_mask: (P, Lp) attention mask of the left-padded prompts, on the CPU.
+        cache: the prompts' KV cache (P rows, Lp positions); rows are selected from it in place.
+        rows: N pairs (prompt row in ``next_logits``, continuation); several may share a prompt row.
+        pad_token_id: id written after short continuations (masked out).
+
+    Returns:
+        (N,) float32.
+    """
+    slots = torch.tensor([slot for slot, _ in rows], dtype=torch.long)  # (N,)
+    width = max(len(row.input_ids) for _, row in rows)
+    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (N, T)
+    for i, (_, row) in enumerate(rows):
+        targets[i, : len(row.labels)] = torch.tensor(row.labels, dtype=torch.long)
+    first = next_logits[slots.to(next_logits.device)].unsqueeze(1)  # (N, 1, V)
+    sums = _sum_log_probs(first, targets[:, :1])
+    if width == 1:
+        return sums
+    input_ids = torch.full((len(rows), width - 1), pad_token_id, dtype=torch.long)  # (N, T-1)
+    answer_mask = torch.zeros_like(input_ids)
+    for i, (_, row) in enumerate(rows):
+        input_ids[i, : len(row.input_ids) - 1] = torch.tensor(row.input_ids[:-1], dtype=torch.long)
+        answer_mask[i, : len(row.input_ids) - 1] = 1
+    row_mask = prompt_mask[slots].to(answer_mask.dtype)  # (N, Lp)
+    positions = row_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1)  # (N, T-1): after each prompt
+    device = model_device(model)
+    cache.batch_select_indices(slots.to(device))
+    output = model(
+        input_ids=input_ids.to(device),
+        attention_mask=torch.cat([row_mask, answer_mask], dim=1).to(device),  # (N, Lp + T - 1)
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = _logits_of(output)
+    if logits.shape[:2] != input_ids.shape:
+        raise PeftContinualError(
+            f"the model returned logits of shape {tuple(logits.shape)} for a continuation of "
+            f"{tuple(input_ids.shape)} tokens; restricted scoring needs one logit row per input position"
+        )
+    return sums + _sum_log_probs(logits, targets[:, 1:]).to(sums.device)
+
+
+def _score_shared(
+    model: Any,
+    plan: _Plan,
+    pad_token_id: int,
+    batch_size: int,
+    pass_virtual_tokens: bool | None,
+) -> Iterator[tuple[list[_Continuation], list[float]]]:
+    """Run the shared prompts ``batch_size`` at a time, then their continuations ``batch_size`` rows at a time.
+
+    Prompts are left-padded (every prompt ends in the last column) with positions counted from each row's first
+    real token, and go through ``model_inputs`` like any batch, so virtual tokens are placed by the model. Only the
+    last position's logits are asked for (``logits_to_keep=1``). The continuations hold no virtual token and are
+    run like ``generate``'s decoding steps: ``input_ids``, mask, positions and the cache.
+
+    Yields:
+        (continuations, their summed log-probabilities), one pair per continuation forward.
+    """
+    device = model_device(model)
+    collate = ContinualPromptCollator(pad_token_id=pad_token_id, padding_side=PaddingSide.LEFT)
+    by_prompt: list[list[_Continuation]] = [[] for _ in plan.prompts]
+    for row in plan.continuations:
+        by_prompt[row.prompt].append(row)
+    order = sorted(range(len(plan.prompts)), key=lambda g: -len(plan.prompts[g].input_ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = collate([plan.prompts[g] for g in chunk])
+        mask = batch["attention_mask"]  # (P, Lp)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (P, Lp): left padding must not shift the positions
+        inputs = model_inputs(batch, pass_virtual_tokens, device)
+        output = model(**inputs, position_ids=positions.to(device), use_cache=True, logits_to_keep=1)
+        logits = _logits_of(output)
+        if logits.shape[0] != len(chunk) or logits.dim() != 3:
+            raise PeftContinualError(
+                f"the model returned logits of shape {tuple(logits.shape)} for prompts {tuple(mask.shape)}"
+            )
+        if getattr(output, "past_key_values", None) is None:
+            raise PeftContinualError(
+                f"{type(model).__name__} returned no past_key_values with use_cache=True; restricted scoring "
+                "continues the answers from the prompts' KV cache"
+            )
+        next_logits = logits[:, -1]  # (P, V)
+        rows = [(slot, row) for slot, g in enumerate(chunk) for row in by_prompt[g]]
+        for first in range(0, len(rows), batch_size):
+            part = rows[first : first + batch_size]
+            # the last part may consume the prompts' cache itself; a part of one-token answers does not read it
+            last = first + batch_size >= len(rows) or all(len(row.input_ids) == 1 for _, row in part)
+            cache = output.past_key_values if last else copy.deepcopy(output.past_key_values)
+            sums = _continuation_sums(model, next_logits, mask, cache, part, pad_token_id)
+            yield [row for _, row in part], sums.tolist()
+
+
 def score_candidates(
     model: Any,
     prompt_tokenizer: PromptTokenizer,
@@ -140,16 +333,18 @@ def score_candidates(
 ) -> list[RestrictedChoice | None]:
     """Score every candidate of every record's task and choose the most likely one.
 
-    All (record, candidate) pairs are flattened, sorted by length and scored ``batch_size`` rows per forward, so the
-    candidates of many records share one forward pass; the prompt goes through the same templates and tokenizer as
-    in training.
+    Each distinct prompt runs once (``batch_size`` prompts per forward, sorted by length), and its candidates' answer
+    tokens are scored as continuations from its KV cache (``batch_size`` candidate rows per forward), so a prompt
+    costs one pass however many candidates it has; the prompt goes through the same templates and tokenizer as in
+    training. The scores equal those of one full forward per candidate (see the module docstring).
 
     Args:
         model: any causal LM (plain ``transformers`` or our PEFT model).
         prompt_tokenizer: the ``PromptTokenizer`` of training (its ``add_eos`` decides whether EOS is scored).
         records: records of any mix of tasks; their answer fields are replaced by each candidate.
         candidates: ``{taskname: CandidateSet}`` (a plain list of strings means ``CandidateSet(list)``).
-        batch_size: candidate rows per forward pass; memory grows with it times the vocabulary size.
+        batch_size: prompts per prompt forward and candidate rows per continuation forward; memory grows with it
+            times the vocabulary size (continuations) and the prompt length (KV cache).
         pass_virtual_tokens: see ``peft_continual.evaluation.model_inputs``.
         progress: show a tqdm bar (counts candidate rows).
 
@@ -171,13 +366,19 @@ def score_candidates(
     sets = {name: c if isinstance(c, CandidateSet) else CandidateSet(tuple(c)) for name, c in candidates.items()}
     scorer = _scoring_tokenizer(prompt_tokenizer, list(sets))
     per_record = _candidate_rows(scorer, records, sets)
-    flat = [(r, c, ex) for r, examples in enumerate(per_record) if examples for c, ex in enumerate(examples)]
-    flat.sort(key=lambda item: -len(item[2].input_ids))
-    collate = ContinualPromptCollator(pad_token_id=pad_token_id_of(prompt_tokenizer.tokenizer))
+    plan = _share_prompts(per_record)
+    pad_token_id = pad_token_id_of(prompt_tokenizer.tokenizer)
+    collate = ContinualPromptCollator(pad_token_id=pad_token_id)
+    full = sorted(plan.full, key=lambda item: -len(item[2].input_ids))
     scores = [[0.0] * len(examples) if examples else None for examples in per_record]
-    with eval_mode(model), tqdm(total=len(flat), desc="score candidates", disable=not progress, unit="row") as bar:
-        for start in range(0, len(flat), batch_size):
-            chunk = flat[start : start + batch_size]
+    total = len(plan.continuations) + len(full)
+    with eval_mode(model), tqdm(total=total, desc="score candidates", disable=not progress, unit="row") as bar:
+        for rows, sums in _score_shared(model, plan, pad_token_id, batch_size, pass_virtual_tokens):
+            for row, value in zip(rows, sums, strict=True):
+                scores[row.record][row.candidate] = value
+            bar.update(len(rows))
+        for start in range(0, len(full), batch_size):
+            chunk = full[start : start + batch_size]
             batch = collate([example for _, _, example in chunk])
             sums = answer_log_likelihoods(model, batch, pass_virtual_tokens).tolist()
             for (r, c, _), value in zip(chunk, sums, strict=True):

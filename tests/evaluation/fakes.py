@@ -32,10 +32,17 @@ class FakeVirtualModel(nn.Module):
                 embeds[row, virtual_token_mask[row]] = self.prompts[name][:count]
         return embeds
 
-    def forward(self, input_ids, attention_mask, virtual_token_mask, tasknames, labels=None):
-        self.calls.append({"kind": "forward", "rows": input_ids.shape[0], "tasknames": list(tasknames)})
+    def forward(self, input_ids, attention_mask, virtual_token_mask=None, tasknames=None, labels=None, **kwargs):
+        """Without ``virtual_token_mask``/``tasknames`` (a continuation from a KV cache) the base model runs alone;
+        other keyword arguments (``past_key_values``, ``position_ids``, ``use_cache``...) go to the base model."""
+        call = {"kind": "forward", "rows": input_ids.shape[0], "length": input_ids.shape[1]}
+        call["cached"] = kwargs.get("past_key_values") is not None
+        call["tasknames"] = list(tasknames) if tasknames is not None else None
+        self.calls.append(call)
+        if virtual_token_mask is None:
+            return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         embeds = self._embeds(input_ids, virtual_token_mask, tasknames)
-        return self.base(inputs_embeds=embeds, attention_mask=attention_mask)
+        return self.base(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
     def generate(self, input_ids, attention_mask, virtual_token_mask, tasknames, **kwargs):
         self.calls.append({"kind": "generate", "rows": input_ids.shape[0], "tasknames": list(tasknames)})
@@ -57,8 +64,8 @@ class ScriptedModel(nn.Module):
         self.answers = answers
         self.generate_kwargs: list[dict] = []
 
-    def forward(self, input_ids, attention_mask):
-        return self.base(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(self, input_ids, attention_mask, **kwargs):
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
         self.generate_kwargs.append({"max_new_tokens": max_new_tokens, **kwargs})

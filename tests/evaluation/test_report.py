@@ -118,7 +118,10 @@ def test_virtual_token_model_end_to_end(tiny_llama, smollm2_tokenizer):
     )
     assert results["sentiment"].metrics["generation"]["num_examples"] == 4
     assert results["intent_and_slot"].metrics["restricted"]["num_examples"] == 2
-    assert {frozenset(call["tasknames"]) for call in model.calls} == {frozenset({"sentiment", "intent_and_slot"})}
+    # generation and the restricted prompt forwards mix both tasks; answer continuations run from the KV cache alone
+    prompt_calls = [call for call in model.calls if not call.get("cached")]
+    assert {frozenset(call["tasknames"]) for call in prompt_calls} == {frozenset({"sentiment", "intent_and_slot"})}
+    assert all(call["tasknames"] is None for call in model.calls if call.get("cached"))
     with pytest.raises(PeftContinualError, match="pass_virtual_tokens=False"):
         evaluate_tasks(
             tiny_llama,

@@ -50,9 +50,10 @@ def test_virtual_token_model_scores_equal_the_hand_computation(tiny_llama, smoll
     model = FakeVirtualModel(tiny_llama, {"sentiment": 3})
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [VIRTUAL])
     candidates = {"sentiment": CandidateSet(tuple(LABELS), score_eos=False)}
-    # batch_size 4: the 9 candidate rows of 3 records span three forwards with padding inside each
-    choices = score_candidates(model, prompt_tokenizer, records(), candidates, batch_size=4, progress=False)
-    assert [call["rows"] for call in model.calls] == [4, 4, 1]
+    # batch_size 2: the 3 prompts span two forwards with padding inside the first; the labels are one token each and
+    # the EOS is not scored, so every score comes from the prompts' last logits and no continuation runs
+    choices = score_candidates(model, prompt_tokenizer, records(), candidates, batch_size=2, progress=False)
+    assert [(call["rows"], call["cached"]) for call in model.calls] == [(2, False), (1, False)]
 
     def forward(ids):  # the model on one unpadded row whose first three positions are the virtual tokens
         mask = torch.zeros_like(ids, dtype=torch.bool)
@@ -69,7 +70,7 @@ def test_virtual_token_model_scores_equal_the_hand_computation(tiny_llama, smoll
         assert choice.scores == pytest.approx(expected, abs=1e-4)
 
 
-def test_all_candidates_of_many_records_share_one_forward(tiny_llama, smollm2_tokenizer):
+def test_all_prompts_share_one_forward_and_all_continuations_another(tiny_llama, smollm2_tokenizer):
     model = FakeVirtualModel(tiny_llama, {"sentiment": 3})
     choices = score_candidates(
         model,
@@ -79,7 +80,9 @@ def test_all_candidates_of_many_records_share_one_forward(tiny_llama, smollm2_to
         batch_size=64,
         progress=False,
     )
-    assert len(model.calls) == 1 and model.calls[0]["rows"] == 9
+    # 3 prompts once each, then the 9 candidates' answer + EOS from the cache (the EOS is predicted by the answer)
+    assert [(call["rows"], call["cached"]) for call in model.calls] == [(3, False), (9, True)]
+    assert model.calls[1]["length"] == 1
     assert len(choices) == 3
 
 
