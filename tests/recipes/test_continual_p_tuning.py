@@ -28,8 +28,6 @@ tasks:
      evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}, max_new_tokens: 3}}
 """
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def tiny_model_dir(tmp_path, tiny_llama):
@@ -75,6 +73,7 @@ def run_recipe(tmp_path, model_dir, output_dir):
     return RECIPE["main"](*RECIPE["parse_args"](flags))
 
 
+@pytest.mark.slow
 def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir):
     output_dir = tmp_path / "out"
     rows = run_recipe(tmp_path, tiny_model_dir, output_dir)
@@ -97,6 +96,7 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_dir, monkeypatch):
     straight = tmp_path / "straight"
     run_recipe(tmp_path, tiny_model_dir, straight)
@@ -119,3 +119,14 @@ def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_
         for d in (straight, tmp_path / "resumed")
     ]
     assert {k: v["sha256"] for k, v in hashes[0].items()} == {k: v["sha256"] for k, v in hashes[1].items()}
+
+
+@pytest.mark.parametrize("config", ["smollm2_135m.yaml", "smollm2_135m_full.yaml"])
+def test_every_config_and_task_file_parses(config, monkeypatch):
+    from peft_continual.experiment import load_task_specs, rounds_of
+
+    monkeypatch.chdir(ROOT)
+    recipe, training = RECIPE["parse_args"](["--config", str(ROOT / "recipes/configs/continual_p_tuning" / config)])
+    specs = load_task_specs(recipe.tasks)
+    assert [[s.taskname for s in r] for r in rounds_of(specs)] == [["sentiment", "intent_and_slot"], ["sentiment_no"]]
+    assert len(recipe.round_max_steps) == 2 and training.remove_unused_columns is False
