@@ -87,7 +87,8 @@ def generate_token_ids(
     collate = ContinualPromptCollator(pad_token_id=pad_token_id, padding_side=PaddingSide.LEFT)
     kwargs = {"do_sample": False, "pad_token_id": pad_token_id, "eos_token_id": eos_token_id}
     kwargs.update(generation_kwargs or {})
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+    # Rows with the same limit share batches (a batch decodes up to its largest limit), longest prompts first.
+    order = sorted(range(len(examples)), key=lambda i: (limits[i], -len(examples[i].input_ids)))
     device = model_device(model)
     results: list[list[int]] = [[] for _ in examples]
     with eval_mode(model), tqdm(total=len(examples), desc=desc, disable=not progress, unit="row") as bar:
