@@ -52,6 +52,9 @@ class RecipeArguments:
     encoder_hidden_size: int | None = field(default=None, metadata={"help": "Encoder width; None = model width."})
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})
+    fewshot_eval_records: int | None = field(
+        default=None, metadata={"help": "Few-shot prompts are long: evaluate them on the first N test records only."}
+    )
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap every task's test subset (quick runs)."})
 
 
@@ -95,7 +98,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         results = evaluate_tasks(
             base,
             shots,
-            [r for s in specs for r in tests[s.taskname]],
+            [r for s in specs for r in tests[s.taskname][: recipe.fewshot_eval_records]],
             [s.evaluation for s in specs],
             batch_size=recipe.eval_batch_size,
             pass_virtual_tokens=False,
