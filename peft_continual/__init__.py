@@ -2,7 +2,10 @@
 
 Importing the package registers the ``continual_prompt`` method with PEFT, so ``peft.get_peft_model``,
 ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` build and load it like any PEFT method.
+The quantized-model helpers (``QuantizationArguments``, ``load_quantized_model``) are imported on first use.
 """
+
+from typing import Any
 
 from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord, read_jsonl, records_from_dicts
@@ -16,6 +19,7 @@ from peft_continual.prompting import (
     TaskPromptEncoder,
     inject_prompts,
 )
+from peft_continual.stacking import param_groups
 
 __version__ = "0.1.0.dev0"
 
@@ -26,12 +30,26 @@ __all__ = [
     "EncoderType",
     "PromptTable",
     "PromptTokenizer",
+    "QuantizationArguments",
     "TaskPromptEncoder",
     "TaskRecord",
     "TaskTemplate",
     "TokenizedExample",
     "inject_prompts",
+    "load_quantized_model",
     "load_templates",
+    "param_groups",
     "read_jsonl",
     "records_from_dicts",
 ]
+
+_LAZY = {"QuantizationArguments": "peft_continual.quantized", "load_quantized_model": "peft_continual.quantized"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the quantized-model helpers on first use (PEFT's pattern for its bitsandbytes layers)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

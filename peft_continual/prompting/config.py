@@ -17,6 +17,7 @@ from peft import PeftConfig
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
 from peft_continual.prompting.peft_hooks import PEFT_TYPE
+from peft_continual.stacking import active_stacked_names, stacked_config_dicts
 
 
 class EncoderType(str, Enum):
@@ -50,6 +51,10 @@ class ContinualPromptConfig(PeftConfig):
         token_dim: The base model's hidden size ``D`` (filled when the model is built).
         base_model_fingerprint: Hidden size, vocabulary size and embedding hash of the base model the adapter was
             built on (filled when the model is built; checked whenever it is built again, e.g. on load).
+        stacked_adapters: LoRA or IA3 adapters that live on the same base model as the prompts and are trained,
+            saved, loaded and switched with them: a ``LoraConfig``/``IA3Config`` (named after its type, ``lora`` or
+            ``ia3``), or adapter name -> config. Stored as JSON dicts (see ``peft_continual.stacking``).
+        active_stacked_adapters: Stacked adapters active for rows without ``adapter_names``; default: the first.
 
     Examples:
         >>> from peft_continual.data.templates import TaskTemplate
@@ -100,6 +105,17 @@ class ContinualPromptConfig(PeftConfig):
         default=None,
         metadata={"help": "Hidden size, vocabulary size and embedding hash of the base model; checked on load."},
     )
+    stacked_adapters: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "LoRA/IA3 adapters on the same base, trained, saved and loaded with the prompts: a LoraConfig or "
+            "IA3Config (named 'lora'/'ia3'), or adapter name -> config (or its to_dict())."
+        },
+    )
+    active_stacked_adapters: list[str] | None = field(
+        default=None,
+        metadata={"help": "Stacked adapters active for rows without adapter_names; None: the first one."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +131,8 @@ class ContinualPromptConfig(PeftConfig):
             ) from None
         self._check_numbers()
         self._check_tasks()
+        self.stacked_adapters = stacked_config_dicts(self.stacked_adapters)
+        self.active_stacked_adapters = active_stacked_names(self.stacked_adapters, self.active_stacked_adapters)
 
     @staticmethod
     def _template_dict(template: TaskTemplate | Mapping[str, Any], index: int) -> dict[str, Any]:

@@ -28,15 +28,19 @@ from peft_continual.prompting.fingerprint import check_fingerprint, fingerprint,
 from peft_continual.prompting.injection import inject_prompts
 from peft_continual.prompting.peft_hooks import ENCODER_ATTR, TABLE_ATTR, PeftTunerBase
 from peft_continual.prompting.table import PromptTable
+from peft_continual.stacking import StackedAdaptersMixin
 
 
-class ContinualPromptModel(PeftTunerBase):
+class ContinualPromptModel(StackedAdaptersMixin, PeftTunerBase):
     """Task-conditioned prompt encoder + frozen prompt table, placed at virtual-token positions of each row.
 
     Built by PEFT (``get_peft_model``, ``PeftModel.from_pretrained``), not by hand.
 
     Batch keys, besides the base model's: ``virtual_token_mask`` ``(B, L)`` bool, True where a row's virtual tokens
     stand (placeholder ids there are ignored), and ``tasknames``, a list of ``B`` task names.
+
+    LoRA or IA3 adapters given in ``ContinualPromptConfig(stacked_adapters=...)`` live in the same model (PEFT's own
+    layers inside the base model); see ``peft_continual.stacking`` for their switches, training and merging.
 
     Attributes:
         prompt_table: Frozen rows of finished tasks.
@@ -56,7 +60,9 @@ class ContinualPromptModel(PeftTunerBase):
 
     # ------------------------------------------------------------------ building
     def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
-        """Check or record the base fingerprint, then build the table (from config) and the open round's encoder."""
+        """Check or record the base fingerprint, build the table (from config), the open round's encoder, the stacked
+        LoRA/IA3 adapters."""
+        self._check_stacked(adapter_name, config)
         if config.base_model_fingerprint is not None:
             check_fingerprint(config.base_model_fingerprint, self.model)
         else:
@@ -72,6 +78,7 @@ class ContinualPromptModel(PeftTunerBase):
         getattr(self, TABLE_ATTR)[adapter_name] = table
         if config.training_tasks:
             self._build_encoder(adapter_name, config)
+        self._build_stacked(adapter_name, config)
 
     def _build_encoder(self, adapter_name: str, config: ContinualPromptConfig, tokenizer: Any = None) -> None:
         config.resolve_token_ids(name_or_path(self.model), tokenizer)
@@ -214,7 +221,7 @@ class ContinualPromptModel(PeftTunerBase):
             if input_ids is None:
                 raise RecordError("batch has neither input_ids nor inputs_embeds")
             inputs_embeds = self._word_embeddings()(input_ids)
-        if not self._adapters_enabled:
+        if not self._prompts_active:
             return inputs_embeds
         tasknames = list(tasknames)
         return inject_prompts(inputs_embeds, virtual_token_mask, tasknames, self.task_prompts(tasknames))

@@ -22,6 +22,12 @@ Two methods of ``PeftModel`` itself are wrapped (``patch_peft_model``); both lea
    that fails midway leaves the previous files whole (PEFT writes straight into the target);
 5. ``disable_adapter`` switches the tuner off and on (PEFT's version looks for adapter layers, and this tuner
    injects none, so it raises "No adapter layers found").
+
+LoRA/IA3 stacked under the prompts (``peft_continual.stacking``) use PEFT's own tuner on the same base model; the
+hooks that build and drive it are in the sibling module ``stacking_hooks``. Here:
+
+6. ``PeftTunerBase._get_adapter_state_dict``/``_remap_adapter_state_dict_for_load`` save the stacked layers only
+   with the prompt adapter that owns them, and refuse a file that lacks some of their weights.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import CONFIG_NAME
 from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
+
+from peft_continual.errors import ConfigError
+from peft_continual.prompting.stacking_hooks import stacked_state_keys
 
 METHOD_NAME = "continual_prompt"
 """Name of the method as PEFT knows it (``register_peft_method(name=...)``); ``PeftType`` member is its upper case."""
@@ -155,7 +164,9 @@ class PeftTunerBase(BaseTuner):
         """Drop an adapter's config, table and encoder."""
         del self.peft_config[adapter_name]
         for attr in (TABLE_ATTR, ENCODER_ATTR):
-            getattr(self, attr).pop(adapter_name, None)
+            modules = getattr(self, attr)
+            if adapter_name in modules:  # ModuleDict.pop takes no default
+                del modules[adapter_name]
         remaining = list(self.peft_config)
         self.active_adapter = remaining[0] if remaining else []
 
@@ -184,6 +195,33 @@ class PeftTunerBase(BaseTuner):
     def _word_embeddings(self) -> nn.Module:
         """The base model's input embedding module (frozen)."""
         return self.model.get_input_embeddings()
+
+    @classmethod
+    def _get_adapter_state_dict(cls, model: nn.Module, config: Any, adapter_name: str, **kwargs: Any) -> dict:
+        """PEFT's selection (this tuner's attributes and every tuner layer), without stacked layers it does not own.
+
+        The keys of stacked layers keep their own adapter names (``...q_proj.lora_A.lora.weight``): saved as they are,
+        they load as they are, whatever name the prompt adapter is loaded under.
+        """
+        selected = super()._get_adapter_state_dict(model=model, config=config, adapter_name=adapter_name, **kwargs)
+        if getattr(config, "stacked_adapters", None):
+            return selected
+        return {key: value for key, value in selected.items() if f".{TABLE_ATTR}." in key or f".{ENCODER_ATTR}." in key}
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model: nn.Module, config: Any, adapter_name: str, state_dict: dict):
+        """PEFT's remapping; a file that lacks weights of a stacked adapter is refused (PEFT would not report them)."""
+        remapped = super()._remap_adapter_state_dict_for_load(
+            model=model, config=config, adapter_name=adapter_name, state_dict=state_dict
+        )
+        names = list(getattr(config, "stacked_adapters", None) or ())
+        missing = sorted(stacked_state_keys(model, names) - set(remapped)) if names else []
+        if missing:
+            raise ConfigError(
+                f"the file of prompt adapter {adapter_name!r} lacks {len(missing)} weight(s) of its stacked "
+                f"adapter(s) {names}, e.g. {missing[0]!r}; it was saved without them or by another model"
+            )
+        return remapped
 
 
 # ---------------------------------------------------------------------------------------------- PeftModel hooks

@@ -6,6 +6,7 @@ and says where to look.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import warnings
@@ -14,13 +15,19 @@ from unittest import mock
 
 import peft.peft_model
 import pytest
-from peft import AutoPeftModelForCausalLM, PeftModel, PeftModelForCausalLM
+from peft import AutoPeftModelForCausalLM, LoraConfig, PeftModel, PeftModelForCausalLM
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils.peft_types import PeftType, register_peft_method
 from safetensors.torch import load_file, save_file
 
 from peft_continual.errors import ConfigError
-from peft_continual.prompting import PEFT_TYPE, ContinualPromptConfig, ContinualPromptModel, peft_hooks
+from peft_continual.prompting import (
+    PEFT_TYPE,
+    ContinualPromptConfig,
+    ContinualPromptModel,
+    peft_hooks,
+    stacking_hooks,
+)
 from tests.prompting.conftest import TEMPLATE_A, make_batch, make_peft_model, tiny_model
 
 CHANGED = "PEFT changed: "
@@ -183,3 +190,133 @@ def test_peft_disable_adapter_looks_for_adapter_layers_that_our_tuner_has_not():
     model._adapters_disabled = True
     assert model.has_active_enabled_adapter is False, CHANGED + "has_active_enabled_adapter reads _adapters_disabled"
     model._adapters_disabled = False
+
+
+# ---------------------------------------------------------------------------------------------- stacked adapters
+# What ``peft_continual.prompting.stacking_hooks`` and the stacking half of ``PeftTunerBase`` rely on.
+
+STACKED_LORA = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+
+
+def stacked_model(stacked=None):
+    return make_peft_model(templates=(TEMPLATE_A,), stacked_adapters=stacked or {"lora": STACKED_LORA})
+
+
+def test_build_stacked_tuner_builds_what_inject_adapter_in_model_injects():
+    from peft import IA3Config, IA3Model, LoraModel, inject_adapter_in_model
+
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.LORA] is LoraModel, CHANGED + "the LoRA tuner class"
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.IA3] is IA3Model, CHANGED + "the IA3 tuner class"
+    for config in (STACKED_LORA, IA3Config(target_modules=["q_proj"], feedforward_modules=[])):
+        ours = stacking_hooks.build_stacked_tuner(tiny_model(), {"a": config, "b": config})
+        theirs = inject_adapter_in_model(config, tiny_model(), adapter_name="a")
+        layer = ours.model.model.layers[0].self_attn.q_proj
+        assert type(layer) is type(theirs.model.layers[0].self_attn.q_proj), CHANGED + "inject_adapter_in_model"
+        assert ours.active_adapters == ["a"], CHANGED + "the first adapter of a tuner is the active one"
+        assert sorted(ours.peft_config) == ["a", "b"] and set(layer.active_adapters) == {"a"}, (
+            CHANGED + "tuner.inject_adapter adds a second, inactive adapter"
+        )
+
+
+def test_peft_model_passes_adapter_names_to_the_tuner_hook_and_strips_them():
+    model = stacked_model().eval()
+    batch = make_batch([("sentiment", [4, [5, 6]])])
+    seen = {}
+
+    @contextlib.contextmanager
+    def hook(self, *args, **kwargs):
+        seen["hook"] = kwargs.get("adapter_names")
+        yield
+
+    with (
+        mock.patch.object(ContinualPromptModel, "_enable_peft_forward_hooks", hook),
+        mock.patch.object(ContinualPromptModel, "forward", autospec=True, return_value="out") as forward,
+    ):
+        model(**batch, adapter_names=["lora"])
+    assert seen["hook"] == ["lora"], (
+        CHANGED + "PeftModelForCausalLM.forward calls base_model._enable_peft_forward_hooks"
+    )
+    assert "adapter_names" not in forward.call_args.kwargs, CHANGED + "special_peft_forward_args are stripped"
+    with (
+        mock.patch.object(ContinualPromptModel, "_enable_peft_forward_hooks", hook),
+        mock.patch.object(ContinualPromptModel, "generate", autospec=True, return_value="gen") as generate,
+    ):
+        seen.clear()
+        model.generate(**batch, adapter_names=["lora"], max_new_tokens=1)
+    assert seen["hook"] == ["lora"] and "adapter_names" not in generate.call_args.kwargs, CHANGED + "generate"
+
+
+def test_lora_forward_hooks_read_the_training_flag_of_the_tuner_itself():
+    """Why ``stacked_forward_hooks`` sets ``tuner.training``: the tuner is no submodule, ``eval()`` never reaches it."""
+    model = stacked_model().eval()
+    assert model.stacked_tuner.training is True, CHANGED + "a tuner starts in training mode"
+    with (
+        pytest.raises(ValueError, match="training mode"),
+        model.stacked_tuner._enable_peft_forward_hooks(adapter_names=["lora"]),
+    ):
+        pass
+
+
+def test_peft_layer_switch_sets_requires_grad():
+    """Why ``enable_stacked`` restores ``requires_grad``: PEFT's ``enable_adapter_layers`` thaws frozen layers."""
+    model = stacked_model()
+    model.set_requires_grad("lora", False)
+    model.stacked_tuner.disable_adapter_layers()
+    model.stacked_tuner.enable_adapter_layers()
+    assert all(p.requires_grad for p in model.stacked_parameters()), CHANGED + "enable_adapters sets requires_grad"
+
+
+def test_tuner_state_prefixes_restrict_to_one_adapter_name():
+    model = stacked_model({"a": STACKED_LORA, "b": STACKED_LORA})
+    keys = stacking_hooks.stacked_state_keys(model, ["b"])
+    assert keys and all(".lora_A.b." in key or ".lora_B.b." in key for key in keys), (
+        CHANGED + "_get_tuner_state_dict_key_prefixes(model, adapter_name)"
+    )
+
+
+def test_peft_does_not_report_missing_stacked_weights(tmp_path, monkeypatch):
+    """Why ``_remap_adapter_state_dict_for_load`` checks: PEFT reports missing keys only with the method prefix."""
+    stacked_model().save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    save_file({k: v for k, v in load_file(path).items() if ".lora_" not in k}, path)
+    monkeypatch.setattr(peft_hooks, "stacked_state_keys", lambda model, names: set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PeftModel.from_pretrained(tiny_model(), tmp_path)
+    assert not [w for w in caught if "lora" in str(w.message)], CHANGED + "PEFT now reports missing LoRA keys"
+
+
+def test_adapter_config_json_sorts_keys_and_lists_only_top_level_sets(tmp_path):
+    """Why the active stacked adapters are saved, and why stacked configs are stored as JSON-safe dicts."""
+    config = ContinualPromptConfig(templates=[TEMPLATE_A], stacked_adapters={"z": STACKED_LORA, "a": STACKED_LORA})
+    config.save_pretrained(tmp_path)
+    assert list(json.loads((tmp_path / "adapter_config.json").read_text())["stacked_adapters"]) == ["a", "z"], (
+        CHANGED + "PeftConfig.save_pretrained sorts keys"
+    )
+    assert isinstance(STACKED_LORA.to_dict()["target_modules"], set), CHANGED + "to_dict keeps sets"
+
+
+def test_peft_model_forwards_merge_and_set_requires_grad_to_our_tuner():
+    model = stacked_model()
+    assert "merge_and_unload" not in vars(PeftModel) and model.merge_and_unload.__self__ is model.base_model, (
+        CHANGED + "PeftModel defines merge_and_unload"
+    )
+    with mock.patch.object(ContinualPromptModel, "set_requires_grad", autospec=True) as set_requires_grad:
+        model.set_requires_grad("lora", False)
+    set_requires_grad.assert_called_once_with(model.base_model, adapter_names="lora", requires_grad=False)
+
+
+def test_import_peft_imports_bitsandbytes_when_it_is_installed():
+    """Why ``python -c "import peft_continual, sys; assert 'bitsandbytes' not in sys.modules"`` fails with
+    bitsandbytes installed: PEFT imports it at module level (``peft/helpers.py``). Our own modules never do
+    (``tests/test_stacking_quantized.py``); if this fails, add that one-line check as a subprocess test."""
+    import ast
+
+    import peft.helpers
+
+    tree = ast.parse(Path(peft.helpers.__file__).read_text())
+    top_level = [node for node in tree.body if isinstance(node, ast.Try)]
+    imported = {
+        alias.name for node in top_level for stmt in node.body if isinstance(stmt, ast.Import) for alias in stmt.names
+    }
+    assert "bitsandbytes" in imported, CHANGED + "peft.helpers no longer imports bitsandbytes at import time"
