@@ -26,12 +26,14 @@ prompt before its first scored token (no BOS, empty prompt) is scored by one ful
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import LlamaForCausalLM
 
 from peft_continual.data.collate import ContinualPromptCollator, PaddingSide
 from peft_continual.data.records import TaskRecord, template_for
@@ -40,6 +42,9 @@ from peft_continual.data.tokenize import IGNORE_INDEX, PromptTokenizer, Tokenize
 from peft_continual.errors import ConfigError, PeftContinualError, UnknownTaskError, allowed
 from peft_continual.evaluation.generate import pad_token_id_of
 from peft_continual.evaluation.model_inputs import eval_mode, model_device, model_inputs
+
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+"""Name of the KV cache in a model's arguments and outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +263,7 @@ def _continuation_sums(
         input_ids=input_ids.to(device),
         attention_mask=torch.cat([row_mask, answer_mask], dim=1).to(device),  # (N, Lp + T - 1)
         position_ids=positions.to(device),
-        past_key_values=cache,
+        **{CACHE_ARGUMENT: cache},
         use_cache=True,
     )
     logits = _logits_of(output)
@@ -305,9 +310,10 @@ def _score_shared(
             raise PeftContinualError(
                 f"the model returned logits of shape {tuple(logits.shape)} for prompts {tuple(mask.shape)}"
             )
-        if getattr(output, "past_key_values", None) is None:
+        prompt_cache = getattr(output, CACHE_ARGUMENT, None)
+        if prompt_cache is None:
             raise PeftContinualError(
-                f"{type(model).__name__} returned no past_key_values with use_cache=True; restricted scoring "
+                f"{type(model).__name__} returned no KV cache with use_cache=True; restricted scoring "
                 "continues the answers from the prompts' KV cache"
             )
         next_logits = logits[:, -1]  # (P, V)
@@ -316,7 +322,7 @@ def _score_shared(
             part = rows[first : first + batch_size]
             # the last part may consume the prompts' cache itself; a part of one-token answers does not read it
             last = first + batch_size >= len(rows) or all(len(row.input_ids) == 1 for _, row in part)
-            cache = output.past_key_values if last else copy.deepcopy(output.past_key_values)
+            cache = prompt_cache if last else copy.deepcopy(prompt_cache)
             sums = _continuation_sums(model, next_logits, mask, cache, part, pad_token_id)
             yield [row for _, row in part], sums.tolist()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peft_continual.evaluation.restricted import CACHE_ARGUMENT
+
 
 class FakeVirtualModel(nn.Module):
     """Stands in for the PEFT model: takes the collator's batch keys and writes per-task rows at virtual positions.
@@ -36,7 +38,7 @@ class FakeVirtualModel(nn.Module):
         """Without ``virtual_token_mask``/``tasknames`` (a continuation from a KV cache) the base model runs alone;
         other keyword arguments (``past_key_values``, ``position_ids``, ``use_cache``...) go to the base model."""
         call = {"kind": "forward", "rows": input_ids.shape[0], "length": input_ids.shape[1]}
-        call["cached"] = kwargs.get("past_key_values") is not None
+        call["cached"] = kwargs.get(CACHE_ARGUMENT) is not None
         call["tasknames"] = list(tasknames) if tasknames is not None else None
         self.calls.append(call)
         if virtual_token_mask is None:
