@@ -86,6 +86,20 @@ def make_model(folder: Path, base: str, method: str, device: str = "cpu", seed: 
         return get_peft_model(load_base(folder, base, device, **(quantization or {})), config)
 
 
+def train(model, batch: dict, steps: int = 3, lr: float = 1e-2) -> list[float]:
+    """A few AdamW steps on one batch over the trainable parameters; the losses, step by step."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
 def to_device(batch: dict, device: str) -> dict:
     return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 

@@ -16,7 +16,7 @@ from peft_continual import ContinualPromptConfig, param_groups
 from peft_continual.errors import ConfigError
 from peft_continual.prompting.peft_hooks import ENCODER_ATTR, TABLE_ATTR
 from tests.prompting.conftest import MIXED_ROWS, TASKNAME_IDS, TEMPLATE_A, TEMPLATE_B, make_batch, tiny_model
-from tests.stacking_cases import alone
+from tests.stacking_cases import alone, train
 
 LORA = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 TWO_LORAS = {"formal": LORA, "casual": LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False)}
@@ -30,19 +30,6 @@ def stacked_model(stacked=LORA, templates=(TEMPLATE_A, TEMPLATE_B), seed: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return get_peft_model(tiny_model(), config)
-
-
-def train(model, batch: dict, steps: int = 3, lr: float = 1e-2) -> list[float]:
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 def snapshot(parameters) -> list[torch.Tensor]:

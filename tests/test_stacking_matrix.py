@@ -18,7 +18,7 @@ from peft import PeftModel
 
 from peft_continual.prompting.peft_hooks import ENCODER_ATTR
 from tests.prompting.conftest import MIXED_ROWS, make_batch
-from tests.stacking_cases import TOLERANCE, alone, load_base, make_model, matrix, save_tiny_base, to_device
+from tests.stacking_cases import TOLERANCE, alone, load_base, make_model, matrix, save_tiny_base, to_device, train
 
 MATRIX = matrix("cpu") + matrix("cuda")
 
@@ -31,19 +31,6 @@ pytestmark = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
     return save_tiny_base(tmp_path_factory.mktemp("stacking") / "tiny-llama-64")
-
-
-def train(model, batch: dict, steps: int = 3) -> list[float]:
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(steps):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.parametrize(("device", "base", "method"), MATRIX)
