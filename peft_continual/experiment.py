@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
 
 from peft_continual.data.fewshot import FewShotConfig
 from peft_continual.data.records import TaskRecord, read_jsonl
@@ -112,3 +113,46 @@ def load_split(spec: TaskSpec, data_dir: str | Path, split: str, limit: int | No
         keep = sorted(random.Random(f"{seed}:{spec.taskname}:{split}").sample(range(len(records)), limit))
         records = [records[i] for i in keep]
     return [TaskRecord(spec.taskname, record.fields, record.source) for record in records]
+
+
+def load_base_model(name: str) -> tuple[Any, Any]:
+    """A fresh frozen base model and its tokenizer: ``embedded`` (SmolLM2-135M cached as safetensors) or a path.
+
+    Fresh on every call: LoRA/IA3 inject their layers into the model they are given.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name == "embedded":
+        from peft_continual.embedded import embedded_model_path
+
+        name = str(embedded_model_path())
+    return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+
+
+def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:
+    """``HfArgumentParser`` over the dataclasses: ``--config FILE.yaml`` sets defaults (its keys are the flags'
+    names, as in TRL), flags given on the command line override them.
+
+    Example:
+        >>> from peft_continual.data.fewshot import FewShotConfig
+        >>> parse_config_and_flags([FewShotConfig], ["--k", "2"])[0].k
+        2
+    """
+    parser = HfArgumentParser(list(dataclass_types))
+    argv = list(argv)
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 == len(argv):
+            raise ConfigError("--config needs a YAML file")
+        path = Path(argv[at + 1])
+        try:
+            defaults = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read the config: {error}") from None
+        known = {f.name for cls in dataclass_types for f in fields(cls)}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ConfigError(f"{path}: unknown key(s) {unknown}")
+        parser.set_defaults(**defaults)
+        argv = argv[:at] + argv[at + 2 :]
+    return tuple(parser.parse_args_into_dataclasses(args=argv))

@@ -59,9 +59,13 @@ def build_trainer(
     train_dataset: Any,
     pad_token_id: int,
     eval_dataset: Any = None,
+    virtual_tokens: bool = True,
     **trainer_kwargs: Any,
 ) -> Trainer:
     """A ``Trainer`` for a continual-prompt ``PeftModel`` on tokenized examples of any mix of tasks.
+
+    With ``virtual_tokens=False`` it trains a model that takes only text (a LoRA/IA3 ``PeftModel``, a full fine-tune)
+    on the same examples, tokenized with ``template.without_virtual_tokens()``: the baselines of the recipes.
 
     Args:
         model: The ``PeftModel`` (from ``get_peft_model`` or ``PeftModel.from_pretrained(..., is_trainable=True)``).
@@ -69,6 +73,7 @@ def build_trainer(
         train_dataset: ``TokenizedExample``s (a list) or a tokenized ``datasets.Dataset``.
         pad_token_id: Padding id of the tokenizer (right padding is used for training).
         eval_dataset: Optional held-out examples, for ``eval_loss`` and best-checkpoint selection.
+        virtual_tokens: Give the model ``virtual_token_mask``/``tasknames`` (see ``ContinualPromptCollator``).
         trainer_kwargs: Passed to ``Trainer`` (callbacks, ``compute_metrics``...).
     """
     return Trainer(
@@ -76,7 +81,7 @@ def build_trainer(
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=ContinualPromptCollator(pad_token_id=pad_token_id),
+        data_collator=ContinualPromptCollator(pad_token_id=pad_token_id, virtual_tokens=virtual_tokens),
         **trainer_kwargs,
     )
 

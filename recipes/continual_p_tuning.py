@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import yaml
 from peft import PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.data.fewshot import fewshot_template
 from peft_continual.evaluation import evaluate_tasks
-from peft_continual.experiment import load_split, load_task_specs, rounds_of
+from peft_continual.experiment import load_base_model, load_split, load_task_specs, parse_config_and_flags, rounds_of
 from peft_continual.results import ResultRow, plot_results, result_row, write_atomic, write_results
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
@@ -56,15 +55,6 @@ class RecipeArguments:
         default=None, metadata={"help": "Few-shot prompts are long: evaluate them on the first N test records only."}
     )
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap every task's test subset (quick runs)."})
-
-
-def load_base_model(name: str):
-    """The frozen base model and its tokenizer (``embedded``: SmolLM2-135M-Instruct cached as safetensors)."""
-    if name == "embedded":
-        from peft_continual.embedded import embedded_model_path
-
-        name = str(embedded_model_path())
-    return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
 
 
 def losses_of(log_history: list[dict]) -> list[tuple[int, float]]:
@@ -192,15 +182,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     return rows
 
 
-def parse_args(argv: list[str]) -> tuple[RecipeArguments, ContinualTrainingArguments]:
-    """Flags over a YAML ``--config`` (its keys are the flags' names), as TRL's parser does."""
-    parser = HfArgumentParser((RecipeArguments, ContinualTrainingArguments))
-    if "--config" in argv:
-        at = argv.index("--config")
-        parser.set_defaults(**yaml.safe_load(Path(argv[at + 1]).read_text(encoding="utf-8")))
-        argv = argv[:at] + argv[at + 2 :]
-    return parser.parse_args_into_dataclasses(args=argv)
-
+ARGUMENTS = (RecipeArguments, ContinualTrainingArguments)
 
 if __name__ == "__main__":
-    main(*parse_args(sys.argv[1:]))
+    main(*parse_config_and_flags(ARGUMENTS, sys.argv[1:]))

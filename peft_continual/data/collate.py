@@ -30,6 +30,8 @@ class ContinualPromptCollator:
 
     Returns a dict with ``input_ids``, ``attention_mask``, ``labels`` (B, L) long tensors, ``virtual_token_mask``
     (B, L) bool and ``tasknames`` (a list of B strings); it plugs into ``transformers.Trainer`` as ``data_collator``.
+    With ``virtual_tokens=False`` the last two are left out, for models that take only the text (LoRA, IA3 or full
+    fine-tuning baselines on ``template.without_virtual_tokens()``); a row with virtual tokens then raises.
 
     Example:
         >>> collate = ContinualPromptCollator(pad_token_id=0, padding_side="left")
@@ -42,6 +44,9 @@ class ContinualPromptCollator:
     padding_side: PaddingSide = field(default=PaddingSide.RIGHT, metadata={"help": "`right` or `left`."})
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Round the batch length up to a multiple of this (helps GPU kernels)."}
+    )
+    virtual_tokens: bool = field(
+        default=True, metadata={"help": "Emit `virtual_token_mask` and `tasknames` (False for plain-text models)."}
     )
 
     def __post_init__(self) -> None:
@@ -70,6 +75,14 @@ class ContinualPromptCollator:
             attention_mask[i, start : start + n] = 1
             positions = torch.tensor(row["virtual_positions"], dtype=torch.long) + start
             virtual_token_mask[i, positions] = True
+        if not self.virtual_tokens:
+            if virtual_token_mask.any():
+                tasks = sorted({row["taskname"] for row in rows if len(row["virtual_positions"])})
+                raise PeftContinualError(
+                    f"virtual_tokens=False but task(s) {tasks} have virtual tokens: a plain model would read their "
+                    "placeholder ids as text; use template.without_virtual_tokens() for it"
+                )
+            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

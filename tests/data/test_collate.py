@@ -41,3 +41,15 @@ def test_accepts_dict_rows_and_pads_to_a_multiple():
 def test_unknown_padding_side_is_refused():
     with pytest.raises(PeftContinualError, match=r"padding_side='middle' is not one of 'left', 'right'"):
         ContinualPromptCollator(pad_token_id=0, padding_side="middle")
+
+
+def test_plain_text_batches_leave_out_the_virtual_token_keys():
+    plain = [TokenizedExample([9, 5, 6], [-100, 5, 6], [], "a", "r[0]"), TokenizedExample([8], [-100], [], "b", "r[1]")]
+    batch = ContinualPromptCollator(pad_token_id=0, virtual_tokens=False)(plain)
+    assert sorted(batch) == ["attention_mask", "input_ids", "labels"]
+    assert batch["input_ids"].tolist() == [[9, 5, 6], [8, 0, 0]]
+
+
+def test_plain_text_batches_refuse_rows_with_virtual_tokens_naming_the_task():
+    with pytest.raises(PeftContinualError, match=r"task\(s\) \['a', 'b'\] have virtual tokens"):
+        ContinualPromptCollator(pad_token_id=0, virtual_tokens=False)(EXAMPLES)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Trainer
 
+from peft_continual.experiment import parse_config_and_flags
 from tests.conftest import SMOLLM2_TOKENIZER_DIR
 from tests.data.shared_data import SHARED_DATA
 
@@ -70,7 +71,7 @@ def run_recipe(tmp_path, model_dir, output_dir):
         "--disable_tqdm",
         "true",
     ]
-    return RECIPE["main"](*RECIPE["parse_args"](flags))
+    return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
 
 
 @pytest.mark.slow
@@ -126,7 +127,9 @@ def test_every_config_and_task_file_parses(config, monkeypatch):
     from peft_continual.experiment import load_task_specs, rounds_of
 
     monkeypatch.chdir(ROOT)
-    recipe, training = RECIPE["parse_args"](["--config", str(ROOT / "recipes/configs/continual_p_tuning" / config)])
+    recipe, training = parse_config_and_flags(
+        RECIPE["ARGUMENTS"], ["--config", str(ROOT / "recipes/configs/continual_p_tuning" / config)]
+    )
     specs = load_task_specs(recipe.tasks)
     assert [[s.taskname for s in r] for r in rounds_of(specs)] == [["sentiment", "intent_and_slot"], ["sentiment_no"]]
     assert len(recipe.round_max_steps) == 2 and training.remove_unused_columns is False
