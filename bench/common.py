@@ -7,6 +7,7 @@ Peak memory is measured per method in a fresh (spawned) child process, so method
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import json
@@ -213,6 +214,17 @@ def in_child(function: Callable[..., dict], *args: Any) -> dict:
         return pool.submit(function, *args).result()
 
 
+# ----------------------------------------------------------------------------- arguments
+def add_run_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The arguments every benchmark has: rounds, warm-up, threads, seed, data folder, JSON output."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds (each runs every method once)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the 2 cores are shared)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+
 # ----------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
     return {
@@ -239,3 +251,25 @@ def write_json(path: Path | None, data: Mapping[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {path}")
+
+
+def report(
+    benchmark: str,
+    args: Any,
+    load_start: str,
+    setting: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    **payload: Any,
+) -> None:
+    """Print the run's conditions (machine, threads, load) and the result table; write them with ``payload`` to
+    ``args.out`` as JSON, so a committed result says under which conditions it was measured."""
+    load_end = load_average()
+    info = {**machine(), "load_average_start": load_start, "load_average_end": load_end}
+    print(
+        f"\n{info['date']}, {info['cpu_count']} CPUs, torch {info['torch']}, {args.threads} thread(s), fp32, {setting}"
+    )
+    print(f"load average (1/5/15 min) at start: {load_start}; at end: {load_end}")
+    print(markdown_table(headers, rows))
+    args_json = {key: str(value) for key, value in vars(args).items()}
+    write_json(args.out, {"benchmark": benchmark, **info, "args": args_json, **payload})

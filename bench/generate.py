@@ -26,26 +26,23 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from common import (
-    DEFAULT_DATA_DIR,
     NUM_VIRTUAL_TOKENS,
+    add_run_arguments,
     current_rss_mib,
     generation_batch,
     in_child,
     interleaved_times,
     load_average,
-    machine,
-    markdown_table,
     median_ratio,
     peak_rss_mib,
+    report,
     reset_peak_rss,
     select_rows,
     templates,
     without_virtual_tokens,
-    write_json,
 )
 from peft import PromptEncoderConfig, get_peft_model
 
@@ -151,12 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows-per-task", type=int, default=2, help="rows per task; 4 tasks")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=4, help="timed rounds (each runs every method once)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the 2 cores are shared)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_run_arguments(parser, repeats=4)
     args = parser.parse_args()
     load_start = load_average()
     print(f"load average at start: {load_start}")
@@ -187,7 +179,6 @@ def main() -> None:
     }
 
     # 4. report
-    load_end = load_average()
     tokens = len(batch["tasknames"]) * args.new_tokens
     base_peak = memory["base model"]["peak_mib"]
     rows, results = [], []
@@ -205,28 +196,16 @@ def main() -> None:
              f"{result['wall_tokens_per_s']:.1f}", f"{result['wall_vs_base']:.2f}x", f"{mem['peak_mib']:.0f}",
              f"{over:+.0f} ({over / base_peak:+.1%})"]
         )  # fmt: skip
-    info = {**machine(), "load_average_start": load_start, "load_average_end": load_end}
-    print(
-        f"\n{info['date']}, {info['cpu_count']} CPUs, torch {info['torch']}, {args.threads} thread(s), fp32, "
+    setting = (
         f"{len(batch['tasknames'])} rows x {args.new_tokens} new tokens, {args.repeats} rounds + {args.warmup} warm-up"
     )
-    print(f"load average (1/5/15 min) at start: {load_start}; at end: {load_end}")
-    print(markdown_table(HEADERS, rows))
+    checks_json = {name: check[0] for name, check in checks.items()}
+    outputs_json = {method: out.tolist() for method, out in outputs.items()}
+    report(
+        "generate", args, load_start, setting, HEADERS, rows, results=results, checks=checks_json, outputs=outputs_json
+    )
     for name, (equal, rows_equal) in checks.items():
         print(f"{name}: {equal} ({rows_equal}/{len(batch['tasknames'])} rows equal)")
-    outputs_json = {method: out.tolist() for method, out in outputs.items()}
-    args_json = {key: str(value) for key, value in vars(args).items()}
-    write_json(
-        args.out,
-        {
-            "benchmark": "generate",
-            **info,
-            "args": args_json,
-            "results": results,
-            "checks": {name: check[0] for name, check in checks.items()},
-            "outputs": outputs_json,
-        },
-    )
 
 
 def _rows_equal(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, int]:

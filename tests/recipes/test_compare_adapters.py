@@ -5,11 +5,9 @@ import runpy
 from pathlib import Path
 
 import pytest
-from transformers import AutoTokenizer, Trainer
+from transformers import Trainer
 
 from peft_continual.experiment import parse_config_and_flags
-from tests.conftest import SMOLLM2_TOKENIZER_DIR
-from tests.data.shared_data import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "compare_adapters.py"))
@@ -23,27 +21,17 @@ tasks:
 """
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama):
-    path = tmp_path / "tiny-model"
-    tiny_llama.save_pretrained(path)
-    AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR).save_pretrained(path)
-    return path
-
-
-def run_recipe(tmp_path, model_dir, output_dir):
-    if not SHARED_DATA.exists():
-        pytest.skip(f"{SHARED_DATA} is not here")
+def run_recipe(tmp_path, model_dir, output_dir, data_dir):
     (tmp_path / "tasks.yaml").write_text(TASKS)
-    flags = ["--config", str(CONFIG), "--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(SHARED_DATA)]
+    flags = ["--config", str(CONFIG), "--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(data_dir)]
     flags += ["--model", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "3", "--encoder_type", "mlp"]
     flags += ["--per_device_train_batch_size", "4", "--disable_tqdm", "true"]
     return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
 
 
 @pytest.mark.slow
-def test_every_method_trains_and_is_evaluated_on_the_same_records(tmp_path, tiny_model_dir):
-    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out")
+def test_every_method_trains_and_is_evaluated_on_the_same_records(tmp_path, tiny_model_dir, shared_data):
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data)
     assert [row.stage for row in rows] == ["p_tuning", "lora", "p_tuning+lora"]
     assert all(row.task == "sentiment" and row.examples == 6 for row in rows)
     prompts, lora, both = rows
@@ -54,14 +42,14 @@ def test_every_method_trains_and_is_evaluated_on_the_same_records(tmp_path, tiny
 
 
 @pytest.mark.slow
-def test_a_rerun_reads_finished_methods_back(tmp_path, tiny_model_dir, monkeypatch):
-    first = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out")
+def test_a_rerun_reads_finished_methods_back(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    first = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data)
 
     def no_training(self, *args, **kwargs):
         raise AssertionError("a finished method was trained again")
 
     monkeypatch.setattr(Trainer, "train", no_training)
-    assert run_recipe(tmp_path, tiny_model_dir, tmp_path / "out") == first
+    assert run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data) == first
 
 
 def test_the_config_parses_and_names_known_methods(monkeypatch):

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, Trainer
+from transformers import Trainer
 
 from peft_continual.experiment import parse_config_and_flags
-from tests.conftest import SMOLLM2_TOKENIZER_DIR
-from tests.data.shared_data import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "continual_p_tuning.py"))
@@ -30,17 +28,7 @@ tasks:
 """
 
 
-@pytest.fixture
-def tiny_model_dir(tmp_path, tiny_llama):
-    path = tmp_path / "tiny-model"
-    tiny_llama.save_pretrained(path)
-    AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR).save_pretrained(path)
-    return path
-
-
-def run_recipe(tmp_path, model_dir, output_dir):
-    if not SHARED_DATA.exists():
-        pytest.skip(f"{SHARED_DATA} is not here")
+def run_recipe(tmp_path, model_dir, output_dir, data_dir):
     (tmp_path / "tasks.yaml").write_text(TASKS)
     flags = [
         "--config",
@@ -48,7 +36,7 @@ def run_recipe(tmp_path, model_dir, output_dir):
         "--tasks",
         str(tmp_path / "tasks.yaml"),
         "--data_dir",
-        str(SHARED_DATA),
+        str(data_dir),
         "--model",
         str(model_dir),
         "--output_dir",
@@ -75,9 +63,9 @@ def run_recipe(tmp_path, model_dir, output_dir):
 
 
 @pytest.mark.slow
-def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir):
+def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir, shared_data):
     output_dir = tmp_path / "out"
-    rows = run_recipe(tmp_path, tiny_model_dir, output_dir)
+    rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data)
     assert [(r.task, r.stage) for r in rows] == [
         ("sentiment", "few-shot"),
         ("intent_and_slot", "few-shot"),
@@ -98,9 +86,9 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_dir, shared_data, monkeypatch):
     straight = tmp_path / "straight"
-    run_recipe(tmp_path, tiny_model_dir, straight)
+    run_recipe(tmp_path, tiny_model_dir, straight, shared_data)
 
     original = Trainer.training_step
 
@@ -111,10 +99,10 @@ def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_
 
     monkeypatch.setattr(Trainer, "training_step", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed")
+        run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed", shared_data)
     monkeypatch.setattr(Trainer, "training_step", original)
     torch.manual_seed(1234)  # a different RNG state than a fresh run: the checkpoint must decide
-    run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed")
+    run_recipe(tmp_path, tiny_model_dir, tmp_path / "resumed", shared_data)
     hashes = [
         json.loads((d / "results.json").read_text())["round_1_tasks_after_last_round"]
         for d in (straight, tmp_path / "resumed")
