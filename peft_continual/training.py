@@ -17,6 +17,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from peft_continual.data.collate import ContinualPromptCollator
+from peft_continual.data.tokenize import TokenizedExample
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +80,19 @@ def build_trainer(
     return Trainer(
         model=model,
         args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
+        train_dataset=_as_rows(train_dataset),
+        eval_dataset=_as_rows(eval_dataset),
         data_collator=ContinualPromptCollator(pad_token_id=pad_token_id, virtual_tokens=virtual_tokens),
         **trainer_kwargs,
     )
+
+
+def _as_rows(dataset: Any) -> Any:
+    """A list of ``TokenizedExample`` as dicts: ``Trainer``'s length-grouped sampler
+    (``train_sampling_strategy="group_by_length"``) reads each row's ``input_ids``; other datasets pass unchanged."""
+    if isinstance(dataset, list) and dataset and isinstance(dataset[0], TokenizedExample):
+        return [example.to_dict() for example in dataset]
+    return dataset
 
 
 def train_or_resume(trainer: Trainer) -> Any:

@@ -1,5 +1,7 @@
 """Training through ``Trainer``: argument defaults, best-checkpoint loading, resume after a crash."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -85,21 +87,34 @@ class CrashAt(TrainerCallback):
             raise KeyboardInterrupt("killed")
 
 
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
 def test_a_rerun_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(
-    tiny_llama, smollm2_tokenizer, tmp_path
+    tiny_llama, smollm2_tokenizer, tmp_path, sampling
 ):
     data = examples(smollm2_tokenizer)
     pad = smollm2_tokenizer.pad_token_id
+    settings = {"save_steps": 2, "train_sampling_strategy": sampling}
     straight = peft_model(tiny_llama, smollm2_tokenizer)
-    train_or_resume(build_trainer(straight, arguments(tmp_path / "straight", save_steps=2), data, pad))
+    train_or_resume(build_trainer(straight, arguments(tmp_path / "straight", **settings), data, pad))
     straight.freeze_tasks()
 
     crashing = peft_model(tiny_llama, smollm2_tokenizer)
     with pytest.raises(KeyboardInterrupt):
-        build_trainer(crashing, arguments(tmp_path / "run", save_steps=2), data, pad, callbacks=[CrashAt(3)]).train()
+        build_trainer(crashing, arguments(tmp_path / "run", **settings), data, pad, callbacks=[CrashAt(3)]).train()
     rerun = peft_model(tiny_llama, smollm2_tokenizer, seed=1)  # other initial weights: the checkpoint must win
-    trainer = build_trainer(rerun, arguments(tmp_path / "run", save_steps=2), data, pad)
+    trainer = build_trainer(rerun, arguments(tmp_path / "run", **settings), data, pad)
     train_or_resume(trainer)
     assert trainer.state.global_step == 6
     rerun.freeze_tasks()
     assert rerun.prompt_table.row_hashes() == straight.prompt_table.row_hashes()
+
+
+def test_length_grouped_batches_hold_rows_of_similar_length(tiny_llama, smollm2_tokenizer, tmp_path):
+    short = examples(smollm2_tokenizer, count=16)  # 32 rows of 12-15 tokens
+    data = short + [replace(e, input_ids=e.input_ids * 4, labels=e.labels * 4) for e in short]  # and 32 of 48-60
+    model = peft_model(tiny_llama, smollm2_tokenizer)
+    args = arguments(tmp_path, train_sampling_strategy="group_by_length", per_device_train_batch_size=2)
+    batches = list(build_trainer(model, args, data, 0).get_train_dataloader())
+    mixed = sum(len({n > 30 for n in batch["attention_mask"].sum(1).tolist()}) == 2 for batch in batches)
+    # Trainer sorts mega-batches of 8 batches by length: at most one mixed batch in each of the 4 (random: ~16 of 32)
+    assert len(batches) == 32 and mixed <= 5
