@@ -8,8 +8,9 @@ A step is forward + backward + AdamW step, batch 8, on real records of exactly `
 sentences joined, truncated on the text field; 20 of the tokens are virtual). Methods:
 
 - ``floor``: the frozen base, forward + backward to ``inputs_embeds`` only (no trainable parameter, no optimizer);
-- ``ours, 1 task``: ``ContinualPromptConfig`` (LSTM encoder, hidden 576, 20 virtual tokens), financial_phrasebank;
+- ``ours, 1 task``: ``ContinualPromptConfig`` (default LSTM encoder: hidden 256, 20 virtual tokens), financial_phrasebank;
 - ``ours, 2 tasks``: the same with rows alternating between financial_phrasebank and SST-2 (split 10 + 10);
+- ``ours, 1 task, hidden 576``: ``ours, 1 task`` with PEFT's encoder size (``encoder_hidden_size=576``);
 - ``PEFT P_TUNING``: ``PromptEncoderConfig`` (LSTM, hidden 576, 20 tokens) on the rows without their virtual
   positions (``length - 20`` ids), since PEFT prepends its 20 tokens: every method runs on ``length`` positions.
 
@@ -50,13 +51,15 @@ HEADERS = (
     "length", "method", "CPU s/step", "CPU time vs floor", "wall s/step", "wall time vs floor", "peak RSS (MiB)",
     "peak RSS over floor (MiB)",
 )  # fmt: skip
-METHODS = ("floor", "ours, 1 task", "ours, 2 tasks", "PEFT P_TUNING")
+METHODS = ("floor", "ours, 1 task", "ours, 2 tasks", "ours, 1 task, hidden 576", "PEFT P_TUNING")
 TASKS_OF = {
     "floor": ["sentiment"],
     "ours, 1 task": ["sentiment"],
     "ours, 2 tasks": ["sentiment", "sst2"],
+    "ours, 1 task, hidden 576": ["sentiment"],
     "PEFT P_TUNING": ["sentiment"],
 }
+ENCODER_HIDDEN_SIZE = {"ours, 1 task, hidden 576": 576}  # the others: the default (min(576, 256) on SmolLM2)
 
 
 # ----------------------------------------------------------------------------- one step per method
@@ -84,7 +87,11 @@ def build_step(method: str, base: torch.nn.Module, tokenizer, args: argparse.Nam
         )
         model, batch = get_peft_model(base, config), without_virtual_tokens(batch)
     else:
-        config = ContinualPromptConfig(task_type="CAUSAL_LM", templates=templates(TASKS_OF[method]))
+        config = ContinualPromptConfig(
+            task_type="CAUSAL_LM",
+            templates=templates(TASKS_OF[method]),
+            encoder_hidden_size=ENCODER_HIDDEN_SIZE.get(method),
+        )
         model = get_peft_model(base, config.tokenize_tasknames(tokenizer))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

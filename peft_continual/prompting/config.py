@@ -31,6 +31,10 @@ class EncoderType(str, Enum):
     """Plain prompt tuning: each task owns a trainable ``(n, D)`` matrix."""
 
 
+DEFAULT_MAX_ENCODER_HIDDEN_SIZE = 256
+"""``encoder_hidden_size=None`` resolves to ``min(base hidden size, this)``."""
+
+
 @dataclass
 class ContinualPromptConfig(PeftConfig):
     """Configuration of continual multi-task p-tuning (``PeftType.CONTINUAL_PROMPT``).
@@ -39,7 +43,9 @@ class ContinualPromptConfig(PeftConfig):
         task_type: PEFT's task type; only ``CAUSAL_LM``.
         templates: Every task's template (``TaskTemplate`` or its ``to_dict()``), frozen tasks and tasks in training.
         encoder_type: ``lstm`` (default), ``mlp`` or ``embedding``.
-        encoder_hidden_size: Hidden size of the LSTM/MLP; ``None`` means the base model's hidden size.
+        encoder_hidden_size: Hidden size of the LSTM/MLP; ``None`` means the base model's hidden size capped at
+            ``DEFAULT_MAX_ENCODER_HIDDEN_SIZE`` (256): on SmolLM2-135M (width 576) the capped LSTM has 3.9M instead
+            of 15.3M parameters, trains as fast and was as accurate or better (``docs/content/benchmarks.md``).
         encoder_num_layers: LSTM layers, or linear layers of the MLP.
         encoder_dropout: Dropout inside the encoder.
         init_text: ``embedding`` only: text whose token embeddings initialise each task's rows.
@@ -74,7 +80,8 @@ class ContinualPromptConfig(PeftConfig):
         metadata={"help": "`lstm` (NeMo: bi-LSTM + MLP head), `mlp`, or `embedding` (plain prompt tuning)."},
     )
     encoder_hidden_size: int | None = field(
-        default=None, metadata={"help": "Hidden size of the LSTM/MLP; None: the base model's hidden size."}
+        default=None,
+        metadata={"help": "Hidden size of the LSTM/MLP; None: the base model's hidden size, at most 256."},
     )
     encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers, or linear layers of the MLP."})
     encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout probability inside the encoder."})
