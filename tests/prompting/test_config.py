@@ -111,3 +111,17 @@ def test_missing_token_ids_without_a_tokenizer_explain_what_to_do(path, message)
     config = ContinualPromptConfig(templates=[TEMPLATE_A])
     with pytest.raises(ConfigError, match=rf"\['sentiment'\].*{message}.*tokenize_tasknames"):
         config.resolve_token_ids(base_model_name_or_path=path)
+
+
+@pytest.mark.parametrize(("width", "resolved"), [(32, 32), (320, 256)])
+def test_default_encoder_width_is_the_model_width_capped_at_256(width, resolved):
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(
+        LlamaConfig(vocab_size=64, hidden_size=width, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    )
+    config = ContinualPromptConfig(templates=[TEMPLATE_A], taskname_token_ids={TEMPLATE_A.taskname: [5]})
+    model = get_peft_model(base, config)
+    assert model.peft_config["default"].encoder_hidden_size == resolved
+    assert model.prompt_encoder.lstm.hidden_size == resolved
