@@ -271,5 +271,10 @@ def report(
     )
     print(f"load average (1/5/15 min) at start: {load_start}; at end: {load_end}")
     print(markdown_table(headers, rows))
-    args_json = {key: str(value) for key, value in vars(args).items()}
+    args_json = {key: _portable(value) for key, value in vars(args).items()}
     write_json(args.out, {"benchmark": benchmark, **info, "args": args_json, **payload})
+
+
+def _portable(value: Any) -> str:
+    """An argument as text; a path relative to the repository root, so results name no machine's folders."""
+    return os.path.relpath(value, ROOT) if isinstance(value, Path) else str(value)

@@ -43,6 +43,10 @@ from peft_continual.errors import ConfigError, PeftContinualError, UnknownTaskEr
 from peft_continual.evaluation.generate import pad_token_id_of
 from peft_continual.evaluation.model_inputs import eval_mode, model_device, model_inputs
 
+CONTINUATION_ROWS_PER_PROMPT_BATCH = 8
+"""Continuation rows per forward, in units of ``batch_size``: candidates are a few tokens long, so a forward over
+8x more rows than prompts costs about what the prompts' forward costs, and fewer forwards copy no KV cache."""
+
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 """Name of the KV cache in a model's arguments and outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
 
@@ -275,6 +279,27 @@ def _continuation_sums(
     return sums + _sum_log_probs(logits, targets[:, 1:]).to(sums.device)
 
 
+def _prompt_chunks(order: Sequence[int], rows_per_prompt: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive prompts of ``order``, at most ``batch_size`` of them and, where possible, at most
+    ``batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH`` continuation rows, so a chunk's rows run in one forward.
+
+    One forward over all of a chunk's continuations can consume the prompts' KV cache; a chunk whose rows need more
+    forwards copies the cache for each forward but the last. Chunks sized by their rows keep a task with many
+    candidates (64 intents) from copying the cache once per 16 rows.
+    """
+    row_budget = batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH
+    chunk: list[int] = []
+    rows = 0
+    for g in order:
+        if chunk and (len(chunk) == batch_size or rows + rows_per_prompt[g] > row_budget):
+            yield chunk
+            chunk, rows = [], 0
+        chunk.append(g)
+        rows += rows_per_prompt[g]
+    if chunk:
+        yield chunk
+
+
 def _score_shared(
     model: Any,
     plan: _Plan,
@@ -282,12 +307,13 @@ def _score_shared(
     batch_size: int,
     pass_virtual_tokens: bool | None,
 ) -> Iterator[tuple[list[_Continuation], list[float]]]:
-    """Run the shared prompts ``batch_size`` at a time, then their continuations ``batch_size`` rows at a time.
+    """Run the shared prompts in chunks (see ``_prompt_chunks``), then each chunk's continuations from its cache.
 
     Prompts are left-padded (every prompt ends in the last column) with positions counted from each row's first
     real token, and go through ``model_inputs`` like any batch, so virtual tokens are placed by the model. Only the
     last position's logits are asked for (``logits_to_keep=1``). The continuations hold no virtual token and are
-    run like ``generate``'s decoding steps: ``input_ids``, mask, positions and the cache.
+    run like ``generate``'s decoding steps: ``input_ids``, mask, positions and the cache, up to
+    ``batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH`` rows per forward.
 
     Yields:
         (continuations, their summed log-probabilities), one pair per continuation forward.
@@ -298,8 +324,8 @@ def _score_shared(
     for row in plan.continuations:
         by_prompt[row.prompt].append(row)
     order = sorted(range(len(plan.prompts)), key=lambda g: -len(plan.prompts[g].input_ids))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    rows_per_forward = batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH
+    for chunk in _prompt_chunks(order, [len(rows) for rows in by_prompt], batch_size):
         batch = collate([plan.prompts[g] for g in chunk])
         mask = batch["attention_mask"]  # (P, Lp)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (P, Lp): left padding must not shift the positions
@@ -318,10 +344,10 @@ def _score_shared(
             )
         next_logits = logits[:, -1]  # (P, V)
         rows = [(slot, row) for slot, g in enumerate(chunk) for row in by_prompt[g]]
-        for first in range(0, len(rows), batch_size):
-            part = rows[first : first + batch_size]
+        for first in range(0, len(rows), rows_per_forward):
+            part = rows[first : first + rows_per_forward]
             # the last part may consume the prompts' cache itself; a part of one-token answers does not read it
-            last = first + batch_size >= len(rows) or all(len(row.input_ids) == 1 for _, row in part)
+            last = first + rows_per_forward >= len(rows) or all(len(row.input_ids) == 1 for _, row in part)
             cache = prompt_cache if last else copy.deepcopy(prompt_cache)
             sums = _continuation_sums(model, next_logits, mask, cache, part, pad_token_id)
             yield [row for _, row in part], sums.tolist()
@@ -340,7 +366,7 @@ def score_candidates(
     """Score every candidate of every record's task and choose the most likely one.
 
     Each distinct prompt runs once (``batch_size`` prompts per forward, sorted by length), and its candidates' answer
-    tokens are scored as continuations from its KV cache (``batch_size`` candidate rows per forward), so a prompt
+    tokens are scored as continuations from its KV cache (up to ``8 * batch_size`` rows per forward), so a prompt
     costs one pass however many candidates it has; the prompt goes through the same templates and tokenizer as in
     training. The scores equal those of one full forward per candidate (see the module docstring).
 
@@ -349,8 +375,9 @@ def score_candidates(
         prompt_tokenizer: the ``PromptTokenizer`` of training (its ``add_eos`` decides whether EOS is scored).
         records: records of any mix of tasks; their answer fields are replaced by each candidate.
         candidates: ``{taskname: CandidateSet}`` (a plain list of strings means ``CandidateSet(list)``).
-        batch_size: prompts per prompt forward and candidate rows per continuation forward; memory grows with it
-            times the vocabulary size (continuations) and the prompt length (KV cache).
+        batch_size: prompts per prompt forward (fewer when they have many candidates), and ``batch_size *
+            CONTINUATION_ROWS_PER_PROMPT_BATCH`` candidate rows per continuation forward; memory grows with it times
+            the vocabulary size and the answer length (continuation logits) and the prompt length (KV cache).
         pass_virtual_tokens: see ``peft_continual.evaluation.model_inputs``.
         progress: show a tqdm bar (counts candidate rows).
 

@@ -8,6 +8,7 @@ from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
+from peft_continual.evaluation import restricted
 from peft_continual.evaluation.restricted import (
     CandidateSet,
     _candidate_rows,
@@ -56,11 +57,15 @@ def assert_same(choices, expected):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("score_eos", [True, False])
 @pytest.mark.parametrize("batch_size", [2, 64])
+@pytest.mark.parametrize("rows_factor", [1, 8])
 def test_shared_prompt_scores_equal_full_forward_scores(
-    make_tiny_model, smollm2_tokenizer, family, score_eos, batch_size
+    make_tiny_model, smollm2_tokenizer, family, score_eos, batch_size, rows_factor, monkeypatch
 ):
-    # batch_size 2: several prompt forwards (left padding inside each), and the 10 candidate rows of a prompt pair
-    # split over 5 continuation forwards, each from its own copy of the cache; gpt2 has learned absolute positions
+    # batch_size 2, rows_factor 8: several prompt forwards of 2 prompts (left padding inside each), each prompt pair's
+    # 10 candidate rows in one continuation forward that consumes the cache; rows_factor 1: one prompt per forward,
+    # its 5 rows split over 3 continuation forwards, each but the last from its own copy of the cache; gpt2 has
+    # learned absolute positions
+    monkeypatch.setattr(restricted, "CONTINUATION_ROWS_PER_PROMPT_BATCH", rows_factor)
     model = make_tiny_model(family, initializer_range=0.5)
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [PLAIN])
     candidates = {"sentiment": CandidateSet(tuple(LABELS), score_eos=score_eos)}
