@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -42,6 +42,7 @@ from peft_continual.data.tokenize import IGNORE_INDEX, PromptTokenizer, Tokenize
 from peft_continual.errors import ConfigError, PeftContinualError, UnknownTaskError, allowed
 from peft_continual.evaluation.generate import pad_token_id_of
 from peft_continual.evaluation.model_inputs import eval_mode, model_device, model_inputs
+from peft_continual.evaluation.prompt_sharing import Continuation, SharingPlan, share_prompts
 
 CONTINUATION_ROWS_PER_PROMPT_BATCH = 8
 """Continuation rows per forward, in units of ``batch_size``: candidates are a few tokens long, so a forward over
@@ -160,61 +161,6 @@ def _candidate_rows(
     return rows
 
 
-@dataclass
-class _Continuation:
-    """A candidate row scored from a shared prompt: its tokens after the prompt, up to its last scored one."""
-
-    record: int
-    candidate: int
-    prompt: int  # index into _Plan.prompts
-    input_ids: list[int]  # (T,) the answer tokens (and EOS) that follow the prompt
-    labels: list[int]  # (T,) the token where it is scored, else IGNORE_INDEX
-
-
-@dataclass
-class _Plan:
-    """Candidate rows split into shared prompts + continuations, and the rows scored by a full forward instead."""
-
-    prompts: list[TokenizedExample] = field(default_factory=list)
-    continuations: list[_Continuation] = field(default_factory=list)
-    full: list[tuple[int, int, TokenizedExample]] = field(default_factory=list)  # (record, candidate, example)
-
-
-def _share_prompts(per_record: Sequence[Sequence[TokenizedExample] | None]) -> _Plan:
-    """Split each candidate example before its first scored token; candidates with equal prompts share one.
-
-    The prompt is cut from the candidate's own (with-answer) example, so the context of every scored token is the
-    one a full forward over that example gives. Prompts are equal when their task, token ids and virtual positions
-    are. A row with nothing before its first scored token, or (never with a valid template) a virtual token after
-    it, is left to a full forward.
-    """
-    plan = _Plan()
-    index: dict[tuple[str, tuple[int, ...], tuple[int, ...]], int] = {}
-    for r, examples in enumerate(per_record):
-        for c, example in enumerate(examples or ()):
-            scored = [t for t, label in enumerate(example.labels) if label != IGNORE_INDEX]
-            start = scored[0] if scored else 0
-            if start == 0 or any(position >= start for position in example.virtual_positions):
-                plan.full.append((r, c, example))
-                continue
-            key = (example.taskname, tuple(example.input_ids[:start]), tuple(example.virtual_positions))
-            if key not in index:
-                index[key] = len(plan.prompts)
-                prompt = TokenizedExample(
-                    example.input_ids[:start],
-                    [IGNORE_INDEX] * start,
-                    list(example.virtual_positions),
-                    example.taskname,
-                    example.source,
-                )
-                plan.prompts.append(prompt)
-            end = scored[-1] + 1
-            plan.continuations.append(
-                _Continuation(r, c, index[key], example.input_ids[start:end], example.labels[start:end])
-            )
-    return plan
-
-
 def _logits_of(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
@@ -224,7 +170,7 @@ def _continuation_sums(
     next_logits: torch.Tensor,
     prompt_mask: torch.Tensor,
     cache: Any,
-    rows: Sequence[tuple[int, _Continuation]],
+    rows: Sequence[tuple[int, Continuation]],
     pad_token_id: int,
 ) -> torch.Tensor:
     """Summed log-probabilities of continuation rows, each scored from its prompt's last logits and KV cache.
@@ -302,11 +248,11 @@ def _prompt_chunks(order: Sequence[int], rows_per_prompt: Sequence[int], batch_s
 
 def _score_shared(
     model: Any,
-    plan: _Plan,
+    plan: SharingPlan,
     pad_token_id: int,
     batch_size: int,
     pass_virtual_tokens: bool | None,
-) -> Iterator[tuple[list[_Continuation], list[float]]]:
+) -> Iterator[tuple[list[Continuation], list[float]]]:
     """Run the shared prompts in chunks (see ``_prompt_chunks``), then each chunk's continuations from its cache.
 
     Prompts are left-padded (every prompt ends in the last column) with positions counted from each row's first
@@ -320,7 +266,7 @@ def _score_shared(
     """
     device = model_device(model)
     collate = ContinualPromptCollator(pad_token_id=pad_token_id, padding_side=PaddingSide.LEFT)
-    by_prompt: list[list[_Continuation]] = [[] for _ in plan.prompts]
+    by_prompt: list[list[Continuation]] = [[] for _ in plan.prompts]
     for row in plan.continuations:
         by_prompt[row.prompt].append(row)
     order = sorted(range(len(plan.prompts)), key=lambda g: -len(plan.prompts[g].input_ids))
@@ -399,7 +345,7 @@ def score_candidates(
     sets = {name: c if isinstance(c, CandidateSet) else CandidateSet(tuple(c)) for name, c in candidates.items()}
     scorer = _scoring_tokenizer(prompt_tokenizer, list(sets))
     per_record = _candidate_rows(scorer, records, sets)
-    plan = _share_prompts(per_record)
+    plan = share_prompts(per_record)
     pad_token_id = pad_token_id_of(prompt_tokenizer.tokenizer)
     collate = ContinualPromptCollator(pad_token_id=pad_token_id)
     full = sorted(plan.full, key=lambda item: -len(item[2].input_ids))

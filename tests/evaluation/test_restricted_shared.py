@@ -9,11 +9,11 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.evaluation import restricted
+from peft_continual.evaluation.prompt_sharing import share_prompts
 from peft_continual.evaluation.restricted import (
     CandidateSet,
     _candidate_rows,
     _scoring_tokenizer,
-    _share_prompts,
     answer_log_likelihoods,
     score_candidates,
 )
@@ -139,7 +139,7 @@ def test_a_row_without_a_prompt_falls_back_to_a_full_forward(tiny_llama, smollm2
     rows = [*records(SENTENCES[:2]), TaskRecord("bare", {"label": "x"}, "bare[0]")]
     candidates = {"sentiment": LABELS, "bare": ["good morning", "hello"]}
     sets = {name: CandidateSet(tuple(c)) for name, c in candidates.items()}
-    plan = _share_prompts(_candidate_rows(_scoring_tokenizer(prompt_tokenizer, list(sets)), rows, sets))
+    plan = share_prompts(_candidate_rows(_scoring_tokenizer(prompt_tokenizer, list(sets)), rows, sets))
     assert [(r, c) for r, c, _ in plan.full] == [(2, 0), (2, 1)]
     assert len(plan.prompts) == 2 and len(plan.continuations) == 10
     choices = score_candidates(tiny_llama, prompt_tokenizer, rows, candidates, batch_size=3, progress=False)
@@ -158,7 +158,7 @@ def test_candidates_whose_prompts_differ_get_prompts_of_their_own(tiny_gpt2, smo
     sets = {"sentiment": CandidateSet(tuple(candidates["sentiment"]))}
     examples = _candidate_rows(_scoring_tokenizer(prompt_tokenizer, ["sentiment"]), rows, sets)
     assert [ex.truncated_tokens > 0 for ex in examples[0]] == [True, True]
-    plan = _share_prompts(examples)
+    plan = share_prompts(examples)
     assert len(plan.prompts) == 2 and not plan.full
     choices = score_candidates(tiny_gpt2, prompt_tokenizer, rows, candidates, progress=False)
     assert_same(choices, full_forward_scores(tiny_gpt2, prompt_tokenizer, rows, candidates))
