@@ -16,11 +16,13 @@ The prompt is shared: a candidate's example is split before its first scored tok
 answer is conditioned on, virtual tokens included) and a continuation (the answer tokens and EOS). Candidates whose
 prompts are the same token ids (all candidates of a record, as a rule, and duplicate records) share one prompt row:
 prompts run once, left-padded and batched, through the model's usual call (virtual tokens placed by the model) with
-``use_cache=True``; then every candidate's continuation runs from its prompt's KV cache. The prompt of a candidate
+``use_cache=True``; then the continuations of each prompt, packed into one candidate tree that shares their common
+prefixes (``peft_continual.evaluation.candidate_tree``), run in one forward from its KV cache. The prompt of a candidate
 is taken from its own with-answer example, so it is exactly the context the full forward would score against even
 where the tokenizer encodes the prompt differently with an answer behind it (truncation cuts more of a record
 for a longer candidate, for instance): such a candidate simply gets a prompt row of its own. A row that has no
-prompt before its first scored token (no BOS, empty prompt) is scored by one full forward, as a whole.
+prompt before its first scored token (no BOS, empty prompt) is scored by one full forward, as a whole; so is every
+row of a model whose attention takes no 4D mask (flash attention).
 """
 
 from __future__ import annotations
@@ -40,14 +42,14 @@ from peft_continual.data.records import TaskRecord, template_for
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import IGNORE_INDEX, PromptTokenizer, TokenizedExample
 from peft_continual.errors import ConfigError, PeftContinualError, UnknownTaskError, allowed
+from peft_continual.evaluation.candidate_tree import CandidateTree, accepts_tree_masks, build_tree, tree_inputs
 from peft_continual.evaluation.generate import pad_token_id_of
 from peft_continual.evaluation.model_inputs import eval_mode, model_device, model_inputs
 from peft_continual.evaluation.prompt_sharing import Continuation, SharingPlan, share_prompts
 
-CONTINUATION_ROWS_PER_PROMPT_BATCH = 8
-"""Continuation rows per forward, in units of ``batch_size``: candidates are a few tokens long, so they run in
-larger batches than prompts, in fewer forwards that copy the prompts' KV cache less often. (For 64 intents on the
-2-core CPU the time stayed the same: the continuation forwards themselves dominate, not the copies.)"""
+TREE_TOKENS_PER_PROMPT = 64
+"""Candidate-tree tokens per forward, in units of ``batch_size``: a tree forward's logits are (P, K, V), so prompts
+with big trees (142 tokens for 64 intents) run fewer to a chunk."""
 
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 """Name of the KV cache in a model's arguments and outputs: transformers 5.24 renamed ``past_key_values`` to ``cache``."""
@@ -166,83 +168,70 @@ def _logits_of(output: Any) -> torch.Tensor:
     return output.logits if hasattr(output, "logits") else output[0]
 
 
-def _continuation_sums(
+def _tree_sums(
     model: Any,
     next_logits: torch.Tensor,
     prompt_mask: torch.Tensor,
     cache: Any,
-    rows: Sequence[tuple[int, Continuation]],
+    trees: Sequence[CandidateTree],
+    rows: Sequence[tuple[int, int, Continuation]],
     pad_token_id: int,
 ) -> torch.Tensor:
-    """Summed log-probabilities of continuation rows, each scored from its prompt's last logits and KV cache.
-
-    The first answer token is scored from ``next_logits``; the others from one forward over the continuations
-    (right-padded, ``T - 1`` tokens: the last token predicts nothing scored) on top of the prompt rows of ``cache``.
-    The attention mask is the prompt's (left padding included) followed by the continuation's, and positions go on
-    from each prompt's own length, so models with absolute positions see what a full forward shows them.
+    """Summed log-probabilities of continuation rows: the first token from its prompt's last logits, the others
+    from one forward of every prompt's candidate tree on top of the prompts' KV cache (consumed).
 
     Args:
         model: the causal LM that produced ``cache``.
         next_logits: (P, V) each prompt's logits at its last position (they predict the first answer token).
         prompt_mask: (P, Lp) attention mask of the left-padded prompts, on the CPU.
-        cache: the prompts' KV cache (P rows, Lp positions); rows are selected from it in place.
-        rows: N pairs (prompt row in ``next_logits``, continuation); several may share a prompt row.
-        pad_token_id: id written after short continuations (masked out).
+        cache: the prompts' KV cache (P rows, Lp positions).
+        trees: the candidate tree of each prompt row.
+        rows: N triples (prompt row, the row's index among its prompt's continuations, continuation).
+        pad_token_id: id written after short trees (masked out).
 
     Returns:
         (N,) float32.
     """
-    slots = torch.tensor([slot for slot, _ in rows], dtype=torch.long)  # (N,)
-    width = max(len(row.input_ids) for _, row in rows)
-    targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)  # (N, T)
-    for i, (_, row) in enumerate(rows):
-        targets[i, : len(row.labels)] = torch.tensor(row.labels, dtype=torch.long)
-    first = next_logits[slots.to(next_logits.device)].unsqueeze(1)  # (N, 1, V)
-    sums = _sum_log_probs(first, targets[:, :1])
-    if width == 1:
+    slots = torch.tensor([slot for slot, _, _ in rows], dtype=torch.long)  # (N,)
+    firsts = torch.tensor([[row.labels[0]] for _, _, row in rows], dtype=torch.long)  # (N, 1)
+    sums = _sum_log_probs(next_logits[slots.to(next_logits.device)].unsqueeze(1), firsts)
+    scored = [
+        (i, slot, trees[slot].paths[k][t - 1], label)
+        for i, (slot, k, row) in enumerate(rows)
+        for t, label in enumerate(row.labels)
+        if t > 0 and label != IGNORE_INDEX
+    ]
+    if not scored:
         return sums
-    input_ids = torch.full((len(rows), width - 1), pad_token_id, dtype=torch.long)  # (N, T-1)
-    answer_mask = torch.zeros_like(input_ids)
-    for i, (_, row) in enumerate(rows):
-        input_ids[i, : len(row.input_ids) - 1] = torch.tensor(row.input_ids[:-1], dtype=torch.long)
-        answer_mask[i, : len(row.input_ids) - 1] = 1
-    row_mask = prompt_mask[slots].to(answer_mask.dtype)  # (N, Lp)
-    positions = row_mask.sum(dim=1, keepdim=True) + torch.arange(width - 1)  # (N, T-1): after each prompt
     device = model_device(model)
-    cache.batch_select_indices(slots.to(device))
-    output = model(
-        input_ids=input_ids.to(device),
-        attention_mask=torch.cat([row_mask, answer_mask], dim=1).to(device),  # (N, Lp + T - 1)
-        position_ids=positions.to(device),
-        **{CACHE_ARGUMENT: cache},
-        use_cache=True,
-    )
-    logits = _logits_of(output)
-    if logits.shape[:2] != input_ids.shape:
+    inputs = tree_inputs(trees, prompt_mask, pad_token_id, model.get_input_embeddings().weight.dtype)
+    output = model(**{k: v.to(device) for k, v in inputs.items()}, **{CACHE_ARGUMENT: cache}, use_cache=True)
+    logits = _logits_of(output)  # (P, K, V)
+    if logits.shape[:2] != inputs["input_ids"].shape:
         raise PeftContinualError(
-            f"the model returned logits of shape {tuple(logits.shape)} for a continuation of "
-            f"{tuple(input_ids.shape)} tokens; restricted scoring needs one logit row per input position"
+            f"the model returned logits of shape {tuple(logits.shape)} for candidate trees of "
+            f"{tuple(inputs['input_ids'].shape)} tokens; restricted scoring needs one logit row per input position"
         )
-    return sums + _sum_log_probs(logits, targets[:, 1:]).to(sums.device)
+    index = torch.tensor([[slot, node] for _, slot, node, _ in scored], dtype=torch.long, device=logits.device)
+    picked = logits[index[:, 0], index[:, 1]].float()  # (S, V) only the scored nodes
+    targets = torch.tensor([label for *_, label in scored], dtype=torch.long, device=logits.device)
+    log_probs = torch.log_softmax(picked, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)  # (S,)
+    owners = torch.tensor([i for i, *_ in scored], dtype=torch.long, device=sums.device)
+    return sums.index_add_(0, owners, log_probs.to(sums.device))
 
 
-def _prompt_chunks(order: Sequence[int], rows_per_prompt: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Consecutive prompts of ``order``, at most ``batch_size`` of them and, where possible, at most
-    ``batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH`` continuation rows, so a chunk's rows run in one forward.
-
-    One forward over all of a chunk's continuations can consume the prompts' KV cache; a chunk whose rows need more
-    forwards copies the cache for each forward but the last. Chunks sized by their rows keep a task with many
-    candidates (64 intents) from copying the cache once per 16 rows.
-    """
-    row_budget = batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH
+def _prompt_chunks(order: Sequence[int], tree_sizes: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Consecutive prompts of ``order``: at most ``batch_size`` of them, and (where possible) at most
+    ``batch_size * TREE_TOKENS_PER_PROMPT`` tree tokens once padded to the chunk's largest tree."""
+    budget = batch_size * TREE_TOKENS_PER_PROMPT
     chunk: list[int] = []
-    rows = 0
+    widest = 0
     for g in order:
-        if chunk and (len(chunk) == batch_size or rows + rows_per_prompt[g] > row_budget):
+        if chunk and (len(chunk) == batch_size or (len(chunk) + 1) * max(widest, tree_sizes[g]) > budget):
             yield chunk
-            chunk, rows = [], 0
+            chunk, widest = [], 0
         chunk.append(g)
-        rows += rows_per_prompt[g]
+        widest = max(widest, tree_sizes[g])
     if chunk:
         yield chunk
 
@@ -254,25 +243,24 @@ def _score_shared(
     batch_size: int,
     pass_virtual_tokens: bool | None,
 ) -> Iterator[tuple[list[Continuation], list[float]]]:
-    """Run the shared prompts in chunks (see ``_prompt_chunks``), then each chunk's continuations from its cache.
+    """Run the shared prompts in chunks (see ``_prompt_chunks``), then the chunk's candidate trees from their cache.
 
     Prompts are left-padded (every prompt ends in the last column) with positions counted from each row's first
     real token, and go through ``model_inputs`` like any batch, so virtual tokens are placed by the model. Only the
-    last position's logits are asked for (``logits_to_keep=1``). The continuations hold no virtual token and are
-    run like ``generate``'s decoding steps: ``input_ids``, mask, positions and the cache, up to
-    ``batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH`` rows per forward.
+    last position's logits are asked for (``logits_to_keep=1``). The trees hold no virtual token and are run like
+    ``generate``'s decoding steps: ``input_ids``, mask, positions and the cache.
 
     Yields:
-        (continuations, their summed log-probabilities), one pair per continuation forward.
+        (continuations, their summed log-probabilities), one pair per chunk.
     """
     device = model_device(model)
     collate = ContinualPromptCollator(pad_token_id=pad_token_id, padding_side=PaddingSide.LEFT)
     by_prompt: list[list[Continuation]] = [[] for _ in plan.prompts]
     for row in plan.continuations:
         by_prompt[row.prompt].append(row)
+    trees = [build_tree([row.input_ids for row in rows]) for rows in by_prompt]
     order = sorted(range(len(plan.prompts)), key=lambda g: -len(plan.prompts[g].input_ids))
-    rows_per_forward = batch_size * CONTINUATION_ROWS_PER_PROMPT_BATCH
-    for chunk in _prompt_chunks(order, [len(rows) for rows in by_prompt], batch_size):
+    for chunk in _prompt_chunks(order, [len(tree) for tree in trees], batch_size):
         batch = collate([plan.prompts[g] for g in chunk])
         mask = batch["attention_mask"]  # (P, Lp)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (P, Lp): left padding must not shift the positions
@@ -283,21 +271,15 @@ def _score_shared(
             raise PeftContinualError(
                 f"the model returned logits of shape {tuple(logits.shape)} for prompts {tuple(mask.shape)}"
             )
-        prompt_cache = getattr(output, CACHE_ARGUMENT, None)
-        if prompt_cache is None:
+        cache = getattr(output, CACHE_ARGUMENT, None)
+        if cache is None:
             raise PeftContinualError(
                 f"{type(model).__name__} returned no KV cache with use_cache=True; restricted scoring "
                 "continues the answers from the prompts' KV cache"
             )
-        next_logits = logits[:, -1]  # (P, V)
-        rows = [(slot, row) for slot, g in enumerate(chunk) for row in by_prompt[g]]
-        for first in range(0, len(rows), rows_per_forward):
-            part = rows[first : first + rows_per_forward]
-            # the last part may consume the prompts' cache itself; a part of one-token answers does not read it
-            last = first + rows_per_forward >= len(rows) or all(len(row.input_ids) == 1 for _, row in part)
-            cache = prompt_cache if last else copy.deepcopy(prompt_cache)
-            sums = _continuation_sums(model, next_logits, mask, cache, part, pad_token_id)
-            yield [row for _, row in part], sums.tolist()
+        rows = [(slot, k, row) for slot, g in enumerate(chunk) for k, row in enumerate(by_prompt[g])]
+        sums = _tree_sums(model, logits[:, -1], mask, cache, [trees[g] for g in chunk], rows, pad_token_id)
+        yield [row for _, _, row in rows], sums.tolist()
 
 
 def score_candidates(
@@ -313,7 +295,7 @@ def score_candidates(
     """Score every candidate of every record's task and choose the most likely one.
 
     Each distinct prompt runs once (``batch_size`` prompts per forward, sorted by length), and its candidates' answer
-    tokens are scored as continuations from its KV cache (up to ``8 * batch_size`` rows per forward), so a prompt
+    tokens are scored from its KV cache in one forward of their candidate tree (each shared prefix once), so a prompt
     costs one pass however many candidates it has; the prompt goes through the same templates and tokenizer as in
     training. The scores equal those of one full forward per candidate (see the module docstring).
 
@@ -322,9 +304,9 @@ def score_candidates(
         prompt_tokenizer: the ``PromptTokenizer`` of training (its ``add_eos`` decides whether EOS is scored).
         records: records of any mix of tasks; their answer fields are replaced by each candidate.
         candidates: ``{taskname: CandidateSet}`` (a plain list of strings means ``CandidateSet(list)``).
-        batch_size: prompts per prompt forward (fewer when they have many candidates), and ``batch_size *
-            CONTINUATION_ROWS_PER_PROMPT_BATCH`` candidate rows per continuation forward; memory grows with it times
-            the vocabulary size and the answer length (continuation logits) and the prompt length (KV cache).
+        batch_size: prompts per forward, fewer when their candidate trees hold more than ``batch_size *
+            TREE_TOKENS_PER_PROMPT`` tokens in all; memory grows with it times the vocabulary size and the tree size
+            (tree logits) and the prompt length (KV cache).
         pass_virtual_tokens: see ``peft_continual.evaluation.model_inputs``.
         progress: show a tqdm bar (counts candidate rows).
 
@@ -346,7 +328,12 @@ def score_candidates(
     sets = {name: c if isinstance(c, CandidateSet) else CandidateSet(tuple(c)) for name, c in candidates.items()}
     scorer = _scoring_tokenizer(prompt_tokenizer, list(sets))
     per_record = _candidate_rows(scorer, records, sets)
-    plan = share_prompts(per_record)
+    if accepts_tree_masks(model):
+        plan = share_prompts(per_record)
+    else:  # e.g. flash attention, which takes no 4D mask: one full forward per candidate
+        plan = SharingPlan(
+            full=[(r, c, ex) for r, examples in enumerate(per_record) for c, ex in enumerate(examples or ())]
+        )
     pad_token_id = pad_token_id_of(prompt_tokenizer.tokenizer)
     collate = ContinualPromptCollator(pad_token_id=pad_token_id)
     full = sorted(plan.full, key=lambda item: -len(item[2].input_ids))

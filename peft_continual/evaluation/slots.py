@@ -120,9 +120,9 @@ def format_intent_and_slots(intent: str, slots: list[SlotPair]) -> str:
 
 
 def intent_answer_prefix(intent: str) -> str:
-    """The start of an answer up to and including the ``Slots:`` key: what restricted intent scoring compares.
+    """The start of an answer up to the line break after the intent: what restricted intent scoring compares.
 
-    Scoring up to ``Slots:`` (not just the intent) makes the candidates' last intent token be followed by the same
-    text for all of them, so a short intent that is a prefix of a longer one is not favoured.
+    Scoring the line break (not just the intent) scores "the intent ends here" for every candidate, as the EOS does
+    for a label, so a short intent that is a prefix of a longer one is not favoured.
     """
-    return f"Intent: {intent}\nSlots:"
+    return f"Intent: {intent}\n"

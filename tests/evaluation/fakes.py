@@ -25,6 +25,10 @@ class FakeVirtualModel(nn.Module):
             {name: nn.Parameter(torch.randn(n, hidden, generator=generator)) for name, n in virtual_tokens.items()}
         )
         self.calls: list[dict] = []
+        self.config = base.config  # as a PEFT model, whose attributes are the base model's
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.base.get_input_embeddings()
 
     def _embeds(self, input_ids, virtual_token_mask, tasknames) -> torch.Tensor:
         embeds = self.base.get_input_embeddings()(input_ids).clone()  # (B, L, D)

@@ -161,7 +161,7 @@ def test_configs_parse_from_dicts():
     assert task.candidates().texts == ("positive", "negative")
     assert TaskEvaluation("i", kind="intent_and_slot", labels=INTENTS).candidates() is None  # off by default
     intent = TaskEvaluation("i", kind="intent_and_slot", labels=INTENTS, restricted=True)
-    assert intent.candidates().texts == ("Intent: alarm_set\nSlots:", "Intent: iot_hue_lightoff\nSlots:")
+    assert intent.candidates().texts == ("Intent: alarm_set\n", "Intent: iot_hue_lightoff\n")
     assert intent.candidates().score_eos is False
 
 

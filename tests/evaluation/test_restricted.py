@@ -80,9 +80,10 @@ def test_all_prompts_share_one_forward_and_all_continuations_another(tiny_llama,
         batch_size=64,
         progress=False,
     )
-    # 3 prompts once each, then the 9 candidates' answer + EOS from the cache (the EOS is predicted by the answer)
-    assert [(call["rows"], call["cached"]) for call in model.calls] == [(3, False), (9, True)]
-    assert model.calls[1]["length"] == 1
+    # 3 prompts once each, then from the cache one tree per prompt: its 3 candidates' one-token answers as 3 nodes,
+    # whose logits score the EOS after each
+    assert [(call["rows"], call["cached"]) for call in model.calls] == [(3, False), (3, True)]
+    assert model.calls[1]["length"] == 3
     assert len(choices) == 3
 
 

@@ -1,5 +1,7 @@
 """Shared-prompt scoring (each prompt once, answers from its KV cache) equals one full forward per candidate."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -9,6 +11,7 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.evaluation import restricted
+from peft_continual.evaluation.candidate_tree import accepts_tree_masks, build_tree, tree_inputs
 from peft_continual.evaluation.prompt_sharing import share_prompts
 from peft_continual.evaluation.restricted import (
     CandidateSet,
@@ -22,8 +25,17 @@ from peft_continual.prompting import ContinualPromptConfig
 from .fakes import FakeVirtualModel
 
 PLAIN = TaskTemplate("sentiment", "Review: {sentence}\nSentiment: {label}", 0, [], "label")
-# multi-token labels, one a prefix of another: continuations of different lengths, right-padded in one forward
-LABELS = ["positive", "negative", "neutral", "very positive", "mixed, leaning negative"]
+# multi-token labels, some sharing their first tokens ("very ", "mixed, leaning "): continuations of different
+# lengths whose common prefixes are one node of the candidate tree
+LABELS = [
+    "positive",
+    "negative",
+    "neutral",
+    "very positive",
+    "mixed, leaning negative",
+    "very negative",
+    "mixed, leaning positive",
+]
 SENTENCES = ["Up.", "Shares fell 5% after the profit warning.", "Flat quarter", "Revenue doubled year on year."]
 
 
@@ -57,15 +69,14 @@ def assert_same(choices, expected):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("score_eos", [True, False])
 @pytest.mark.parametrize("batch_size", [2, 64])
-@pytest.mark.parametrize("rows_factor", [1, 8])
+@pytest.mark.parametrize("tree_tokens", [1, 64])
 def test_shared_prompt_scores_equal_full_forward_scores(
-    make_tiny_model, smollm2_tokenizer, family, score_eos, batch_size, rows_factor, monkeypatch
+    make_tiny_model, smollm2_tokenizer, family, score_eos, batch_size, tree_tokens, monkeypatch
 ):
-    # batch_size 2, rows_factor 8: several prompt forwards of 2 prompts (left padding inside each), each prompt pair's
-    # 10 candidate rows in one continuation forward that consumes the cache; rows_factor 1: one prompt per forward,
-    # its 5 rows split over 3 continuation forwards, each but the last from its own copy of the cache; gpt2 has
-    # learned absolute positions
-    monkeypatch.setattr(restricted, "CONTINUATION_ROWS_PER_PROMPT_BATCH", rows_factor)
+    # batch_size 2: several prompt forwards of 2 prompts (left padding inside each, trees of different sizes padded),
+    # each pair's trees in one forward on top of the cache; tree_tokens 1: one prompt per forward; gpt2 has learned
+    # absolute positions
+    monkeypatch.setattr(restricted, "TREE_TOKENS_PER_PROMPT", tree_tokens)
     model = make_tiny_model(family, initializer_range=0.5)
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [PLAIN])
     candidates = {"sentiment": CandidateSet(tuple(LABELS), score_eos=score_eos)}
@@ -79,7 +90,7 @@ def test_each_prompt_runs_once_and_duplicates_share_it(tiny_llama, smollm2_token
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [PLAIN])
     twice = records(SENTENCES + SENTENCES[:2])  # the last two records repeat the first two
     choices = score_candidates(model, prompt_tokenizer, twice, {"sentiment": LABELS}, batch_size=64, progress=False)
-    assert [(call["rows"], call["cached"]) for call in model.calls] == [(4, False), (30, True)]
+    assert [(call["rows"], call["cached"]) for call in model.calls] == [(4, False), (4, True)]  # one tree a prompt
     assert [c.scores for c in choices[4:]] == [c.scores for c in choices[:2]]
     assert_same(choices, full_forward_scores(tiny_llama, prompt_tokenizer, twice, {"sentiment": LABELS}))
 
@@ -141,7 +152,7 @@ def test_a_row_without_a_prompt_falls_back_to_a_full_forward(tiny_llama, smollm2
     sets = {name: CandidateSet(tuple(c)) for name, c in candidates.items()}
     plan = share_prompts(_candidate_rows(_scoring_tokenizer(prompt_tokenizer, list(sets)), rows, sets))
     assert [(r, c) for r, c, _ in plan.full] == [(2, 0), (2, 1)]
-    assert len(plan.prompts) == 2 and len(plan.continuations) == 10
+    assert len(plan.prompts) == 2 and len(plan.continuations) == 14
     choices = score_candidates(tiny_llama, prompt_tokenizer, rows, candidates, batch_size=3, progress=False)
     assert_same(choices, full_forward_scores(tiny_llama, prompt_tokenizer, rows, candidates))
 
@@ -162,3 +173,31 @@ def test_candidates_whose_prompts_differ_get_prompts_of_their_own(tiny_gpt2, smo
     assert len(plan.prompts) == 2 and not plan.full
     choices = score_candidates(tiny_gpt2, prompt_tokenizer, rows, candidates, progress=False)
     assert_same(choices, full_forward_scores(tiny_gpt2, prompt_tokenizer, rows, candidates))
+
+
+def test_candidate_tree_shares_prefixes_and_each_node_sees_only_its_ancestors():
+    # "very positive"/"very negative" as [very, pos, EOS]/[very, neg, EOS]; "positive" as [pos, EOS]
+    tree = build_tree([[7, 8, 2], [7, 9, 2], [8, 2]])
+    assert tree.input_ids == [7, 8, 9, 8] and tree.depths == [0, 1, 1, 0] and tree.parents == [-1, 0, 0, -1]
+    assert tree.paths == [[0, 1], [0, 2], [3]]
+    small = build_tree([[5, 2]])
+    inputs = tree_inputs([tree, small], torch.tensor([[0, 1, 1], [1, 1, 1]]), pad_token_id=0, dtype=torch.float32)
+    assert inputs["input_ids"].tolist() == [[7, 8, 9, 8], [5, 0, 0, 0]]
+    assert inputs["position_ids"].tolist() == [[2, 3, 3, 2], [3, 0, 0, 0]]
+    sees = (inputs["attention_mask"][:, 0] == 0).int().tolist()  # (P, K, Lp + K)
+    assert sees[0] == [[0, 1, 1, 1, 0, 0, 0], [0, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 0, 1, 0], [0, 1, 1, 0, 0, 0, 1]]
+    assert sees[1] == [[1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1]]
+
+
+def test_models_without_4d_masks_score_every_candidate_by_a_full_forward(tiny_llama, smollm2_tokenizer, monkeypatch):
+    assert accepts_tree_masks(tiny_llama) and accepts_tree_masks(FakeVirtualModel(tiny_llama, {}))
+    assert not accepts_tree_masks(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
+    assert not accepts_tree_masks(torch.nn.Linear(1, 1))  # no config: nothing says it takes a 4D mask
+    model = FakeVirtualModel(tiny_llama, {})
+    monkeypatch.setattr(restricted, "accepts_tree_masks", lambda model: False)
+    prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [PLAIN])
+    choices = score_candidates(model, prompt_tokenizer, records(), {"sentiment": LABELS}, batch_size=64, progress=False)
+    assert all(not call["cached"] for call in model.calls)
+    assert sum(call["rows"] for call in model.calls) == len(SENTENCES) * len(LABELS)
+    monkeypatch.undo()
+    assert_same(choices, full_forward_scores(tiny_llama, prompt_tokenizer, records(), {"sentiment": LABELS}))

@@ -121,3 +121,12 @@ def test_every_config_and_task_file_parses(config, monkeypatch):
     specs = load_task_specs(recipe.tasks)
     assert [[s.taskname for s in r] for r in rounds_of(specs)] == [["sentiment", "intent_and_slot"], ["sentiment_no"]]
     assert len(recipe.round_max_steps) == 2 and training.remove_unused_columns is False
+
+
+def test_the_intent_only_task_file_parses_as_one_round_of_the_default_intent_task():
+    from peft_continual.experiment import load_task_specs
+
+    directory = ROOT / "recipes/configs/continual_p_tuning"
+    (intent,) = load_task_specs(directory / "tasks_intent.yaml")
+    default = {s.taskname: s for s in load_task_specs(directory / "tasks.yaml")}["intent_and_slot"]
+    assert intent == default  # the same template, data, subsets and evaluation as in the demo
