@@ -10,7 +10,7 @@ folder, an interrupted round continues from its last Trainer checkpoint.
 
 Stages: # 1 records -> # 2 templates -> # 3 tokenize -> # 4 base model -> # 5 few-shot baseline -> per round:
 # 6 wrap (fresh encoder; earlier tasks from the table) -> # 7 Trainer.train -> # 8a freeze into the table and save ->
-# 9 evaluate every task so far in mixed-task batches -> # 10 results table, JSON, Markdown, plots.
+# 9 evaluate every task so far in mixed-task batches -> # 10 results table, JSON, Markdown, plots (after every round).
 """
 
 from __future__ import annotations
@@ -161,27 +161,32 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
         }
         write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
+        # 10 results so far: a long run shows its finished rounds before the next one ends
+        extra = {
+            "command": " ".join(["python", *sys.argv]),
+            "minutes": round((time.time() - started) / 60, 1),
+            "rounds_finished": f"{number} of {len(rounds)}",
+        }
+        if number == len(rounds):
+            extra["round_1_tasks_after_last_round"] = frozen_check(output_dir, hashes, number)
+        write_results(output_dir, rows, extra, "Continual p-tuning results")
+        plot_results(output_dir, losses, rows)
+    print((output_dir / "results.md").read_text())
+    return rows
 
-    # 10 results: were the old tasks' rows (and predictions) untouched by later rounds?
+
+def frozen_check(output_dir: Path, hashes: dict[int, dict[str, str]], last: int) -> dict[str, dict]:
+    """Were round 1's tasks untouched by later rounds? Their table rows (sha256) and predictions, first vs last."""
     first = json.loads((output_dir / "round_1" / "predictions.json").read_text())
-    last = json.loads((output_dir / f"round_{len(rounds)}" / "predictions.json").read_text())
-    frozen = {
+    final = json.loads((output_dir / f"round_{last}" / "predictions.json").read_text())
+    return {
         name: {
-            "rows_identical": hashes[len(rounds)][name] == digest,
-            "predictions_identical": first[name] == last[name],
+            "rows_identical": hashes[last][name] == digest,
+            "predictions_identical": first[name] == final[name],
             "sha256": digest,
         }
         for name, digest in hashes[1].items()
     }
-    extra = {
-        "command": " ".join(["python", *sys.argv]),
-        "minutes": round((time.time() - started) / 60, 1),
-        "round_1_tasks_after_last_round": frozen,
-    }
-    write_results(output_dir, rows, extra, "Continual p-tuning results")
-    plot_results(output_dir, losses, rows)
-    print((output_dir / "results.md").read_text())
-    return rows
 
 
 ARGUMENTS = (RecipeArguments, ContinualTrainingArguments)

@@ -130,3 +130,25 @@ def test_the_intent_only_task_file_parses_as_one_round_of_the_default_intent_tas
     (intent,) = load_task_specs(directory / "tasks_intent.yaml")
     default = {s.taskname: s for s in load_task_specs(directory / "tasks.yaml")}["intent_and_slot"]
     assert intent == default  # the same template, data, subsets and evaluation as in the demo
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_round_2_has_written_the_results_of_round_1(tmp_path, tiny_model_dir, shared_data, monkeypatch):
+    original = Trainer.training_step
+
+    def killed_in_round_2(self, *args, **kwargs):
+        if Path(self.args.output_dir).parent.name == "round_2":  # (the test's own folder name has round_2 in it)
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", killed_in_round_2)
+    output_dir = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data)
+    results = json.loads((output_dir / "results.json").read_text())
+    assert [(r["task"], r["stage"]) for r in results["rows"]][-2:] == [
+        ("sentiment", "round 1"),
+        ("intent_and_slot", "round 1"),
+    ]
+    assert results["rounds_finished"] == "1 of 2" and "round_1_tasks_after_last_round" not in results
+    assert "| intent_and_slot | round 1 |" in (output_dir / "results.md").read_text()
