@@ -115,10 +115,14 @@ def _sum_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     targets = targets.to(logits.device)
     mask = targets != IGNORE_INDEX
-    picked = logits[mask].float()  # (N, V), only the scored positions: the full (B, T, V) is never copied
-    token_log_probs = torch.log_softmax(picked, dim=-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)  # (N,)
+    picked = logits[mask]  # (N, V), only the scored positions: the full (B, T, V) is never copied
     rows = mask.nonzero()[:, 0]
-    return torch.zeros(targets.shape[0], device=logits.device).index_add_(0, rows, token_log_probs)
+    return torch.zeros(targets.shape[0], device=logits.device).index_add_(0, rows, _log_probs(picked, targets[mask]))
+
+
+def _log_probs(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(picked[s])[targets[s]]`` in float32: (S, V) logits and (S,) ids -> (S,)."""
+    return torch.log_softmax(picked.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
 def _scoring_tokenizer(prompt_tokenizer: PromptTokenizer, tasknames: Sequence[str]) -> PromptTokenizer:
@@ -213,9 +217,8 @@ def _tree_sums(
             f"{tuple(inputs['input_ids'].shape)} tokens; restricted scoring needs one logit row per input position"
         )
     index = torch.tensor([[slot, node] for _, slot, node, _ in scored], dtype=torch.long, device=logits.device)
-    picked = logits[index[:, 0], index[:, 1]].float()  # (S, V) only the scored nodes
     targets = torch.tensor([label for *_, label in scored], dtype=torch.long, device=logits.device)
-    log_probs = torch.log_softmax(picked, dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)  # (S,)
+    log_probs = _log_probs(logits[index[:, 0], index[:, 1]], targets)  # (S,) only the scored nodes
     owners = torch.tensor([i for i, *_ in scored], dtype=torch.long, device=sums.device)
     return sums.index_add_(0, owners, log_probs.to(sums.device))
 

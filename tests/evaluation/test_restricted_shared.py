@@ -1,5 +1,6 @@
 """Shared-prompt scoring (each prompt once, answers from its KV cache) equals one full forward per candidate."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -201,3 +202,18 @@ def test_models_without_4d_masks_score_every_candidate_by_a_full_forward(tiny_ll
     assert sum(call["rows"] for call in model.calls) == len(SENTENCES) * len(LABELS)
     monkeypatch.undo()
     assert_same(choices, full_forward_scores(tiny_llama, prompt_tokenizer, records(), {"sentiment": LABELS}))
+
+
+def test_the_64_intents_make_a_tree_of_142_tokens_instead_of_461(smollm2_tokenizer):
+    # the numbers the evaluation guide quotes: the demo's intent candidates after a prompt, as rows and as a tree
+    from peft_continual.experiment import load_task_specs
+
+    tasks = Path(__file__).resolve().parents[2] / "recipes/configs/continual_p_tuning/tasks.yaml"
+    intent = {s.taskname: s for s in load_task_specs(tasks)}["intent_and_slot"]
+    prompt = len(smollm2_tokenizer("wake me up\n")["input_ids"])
+    continuations = [
+        smollm2_tokenizer("wake me up\n" + text)["input_ids"][prompt:] for text in intent.evaluation.candidates().texts
+    ]
+    assert len(continuations) == 64
+    assert sum(len(tokens) - 1 for tokens in continuations) == 461  # forward tokens as one row per candidate
+    assert len(build_tree(continuations)) == 142
