@@ -30,6 +30,7 @@ from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord, read_jsonl
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
+from peft_continual.experiment import default_data_dir
 
 # Expected here, and repeated on every call: PEFT's P_TUNING ignores position_ids in generate (its prompts are
 # prepended), and warns when another adapter model already wraps the shared base model.
@@ -37,7 +38,7 @@ warnings.filterwarnings("ignore", message="Position ids are not supported for pa
 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+DEFAULT_DATA_DIR = Path(default_data_dir(ROOT))
 NUM_VIRTUAL_TOKENS = 20
 
 # ----------------------------------------------------------------------------- tasks (real data, 20 virtual tokens)

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 from peft_continual.data.batched import tokenize_dataset
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
+from peft_continual.experiment import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = TaskTemplate(
@@ -32,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=Path(default_data_dir(ROOT)))
     args = parser.parse_args()
 
     datasets.disable_caching()

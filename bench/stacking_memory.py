@@ -32,7 +32,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "financial_phrasebank" / "train.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
 CONFIGURATIONS = ["fp32", "fp32+gc", "nf4", "nf4+lora"]
 
 
@@ -52,6 +52,7 @@ def measure(configuration: str, steps: int, batch_size: int) -> dict[str, Any]:
         read_jsonl,
     )
     from peft_continual.embedded import embedded_model_path
+    from peft_continual.experiment import default_data_dir
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = embedded_model_path()
@@ -69,7 +70,8 @@ def measure(configuration: str, steps: int, batch_size: int) -> dict[str, Any]:
     stacked = LoraConfig(r=8, target_modules=["q_proj", "v_proj"]) if configuration.endswith("+lora") else None
     config = ContinualPromptConfig(templates=[template], stacked_adapters=stacked).tokenize_tasknames(tokenizer)
     model = get_peft_model(base, config).train()
-    records = [record for _, record in zip(range(batch_size), read_jsonl(DATA), strict=False)]
+    data = Path(default_data_dir(ROOT)) / "financial_phrasebank" / "train.jsonl"
+    records = [record for _, record in zip(range(batch_size), read_jsonl(data), strict=False)]
     prompt_tokenizer = PromptTokenizer(tokenizer, [template], max_length=128)
     batch = ContinualPromptCollator(pad_token_id=tokenizer.pad_token_id)([prompt_tokenizer(r) for r in records])
     batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}

