@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -97,7 +97,7 @@ class TaskSpec:
         return spec
 
 
-def _section(value: Any, cls: type, where: str, skip: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+def _section(value: Any, cls: type, where: str, skip: Collection[str] = ()) -> dict[str, Any]:
     """A nested mapping of a task entry (``evaluation:``, ``fewshot:``), checked against the fields of ``cls``."""
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where} must be a mapping, got {value!r}")
