@@ -3,7 +3,9 @@
 Nothing here replaces ``Trainer``: the method's model is a ``PeftModel`` whose forward takes the batch of
 ``ContinualPromptCollator`` (with ``virtual_token_mask`` and ``tasknames``), so the stock training loop, checkpoints,
 ``resume_from_checkpoint``, ``load_best_model_at_end`` and ``accelerate launch`` (DDP) all apply unchanged. The
-subclass of ``TrainingArguments`` only changes defaults that are wrong for this method.
+subclass of ``TrainingArguments`` only changes defaults that are wrong for this method; the subclass of ``Trainer``
+only adds task accuracy on held-out records to its evaluations (``ValidationAccuracy``), the way ``transformers``
+asks for metrics that need generation (override the evaluation, as ``Seq2SeqTrainer`` does).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
 from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.tokenize import TokenizedExample
+from peft_continual.errors import ConfigError
+from peft_continual.evaluation.during_training import ValidationAccuracy
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,34 @@ class ContinualTrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in `output_dir`."})
 
 
+class ContinualTrainer(Trainer):
+    """``Trainer`` whose evaluations also score held-out records per task (``validation_accuracy``).
+
+    The scores join ``eval_loss`` in the same metrics dict, before logging and callbacks, so
+    ``metric_for_best_model="task_accuracy"`` (with ``load_best_model_at_end``) and ``EarlyStoppingCallback`` work on
+    them like on any Trainer metric, and the checkpoint Trainer keeps as best is the one with the best accuracy.
+    Under ``accelerate launch`` every process scores all the records (the same numbers on each).
+    """
+
+    def __init__(self, *args: Any, validation_accuracy: ValidationAccuracy | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.validation_accuracy = validation_accuracy
+
+    def evaluation_loop(
+        self,
+        dataloader: Any,
+        description: str,
+        prediction_loss_only: bool | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> EvalLoopOutput:
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.validation_accuracy is not None and description == "Evaluation":  # not for Trainer.predict
+            with self.autocast_smart_context_manager():
+                output.metrics.update(self.validation_accuracy(self.model, metric_key_prefix))
+        return output
+
+
 def build_trainer(
     model: Any,
     args: ContinualTrainingArguments,
@@ -61,6 +93,7 @@ def build_trainer(
     pad_token_id: int,
     eval_dataset: Any = None,
     virtual_tokens: bool = True,
+    validation_accuracy: ValidationAccuracy | None = None,
     **trainer_kwargs: Any,
 ) -> Trainer:
     """A ``Trainer`` for a continual-prompt ``PeftModel`` on tokenized examples of any mix of tasks.
@@ -75,14 +108,19 @@ def build_trainer(
         pad_token_id: Padding id of the tokenizer (right padding is used for training).
         eval_dataset: Optional held-out examples, for ``eval_loss`` and best-checkpoint selection.
         virtual_tokens: Give the model ``virtual_token_mask``/``tasknames`` (see ``ContinualPromptCollator``).
+        validation_accuracy: Score held-out records per task at each evaluation (``eval_<task>_accuracy``,
+            ``eval_task_accuracy``); needs ``eval_dataset`` too, since ``Trainer`` only evaluates when it has one.
         trainer_kwargs: Passed to ``Trainer`` (callbacks, ``compute_metrics``...).
     """
-    return Trainer(
+    if validation_accuracy is not None and eval_dataset is None:
+        raise ConfigError("validation_accuracy needs an eval_dataset: Trainer only evaluates when it has one")
+    return ContinualTrainer(
         model=model,
         args=args,
         train_dataset=_as_rows(train_dataset),
         eval_dataset=_as_rows(eval_dataset),
         data_collator=ContinualPromptCollator(pad_token_id=pad_token_id, virtual_tokens=virtual_tokens),
+        validation_accuracy=validation_accuracy,
         **trainer_kwargs,
     )
 

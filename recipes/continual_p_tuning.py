@@ -26,7 +26,7 @@ from transformers import set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.data.fewshot import fewshot_template
-from peft_continual.evaluation import evaluate_tasks
+from peft_continual.evaluation import ValidationAccuracy, evaluate_tasks
 from peft_continual.experiment import (
     DATA_DIR_VARIABLE,
     default_data_dir,
@@ -58,6 +58,13 @@ class RecipeArguments:
     round_max_steps: list[int] = field(default_factory=lambda: [300, 150], metadata={"help": "Steps of each round."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     validation_records: int = field(default=64, metadata={"help": "Validation records per task for eval_loss."})
+    validation_accuracy: str = field(
+        default="none",
+        metadata={
+            "help": "Also score the validation records per task at each evaluation (`auto`, `generation` or "
+            "`restricted`, see ValidationAccuracy), for `metric_for_best_model: task_accuracy`; `none`: eval_loss only."
+        },
+    )
     encoder_type: str = field(default="lstm", metadata={"help": "`lstm` (NeMo), `mlp` or `embedding`."})
     encoder_hidden_size: int | None = field(
         default=None, metadata={"help": "Encoder width; None = model width, at most 256."}
@@ -81,6 +88,9 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     rounds = rounds_of(specs)
     if len(recipe.round_max_steps) != len(rounds):
         raise SystemExit(f"--round_max_steps needs {len(rounds)} values (one per round), got {recipe.round_max_steps}")
+    best = training.metric_for_best_model or "loss"
+    if recipe.validation_accuracy == "none" and ("accuracy" in best or "slot_f1" in best):
+        raise SystemExit(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
     train = {s.taskname: load_split(s, recipe.data_dir, "train", s.train_records, training.seed) for s in specs}
     caps = {s.taskname: min(filter(None, [s.eval_records, recipe.max_eval_records]), default=None) for s in specs}
     tests = {s.taskname: load_split(s, recipe.data_dir, s.eval_split, caps[s.taskname], training.seed) for s in specs}
@@ -136,7 +146,18 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             )
             examples = prompts.tokenize_records([r for n in names for r in train[n]]).examples
             held_out = prompts.tokenize_records([r for n in names for r in valid[n]]).examples
-            trainer = build_trainer(model, args, examples, tokenizer.pad_token_id, eval_dataset=held_out)
+            accuracy = None
+            if recipe.validation_accuracy != "none":
+                accuracy = ValidationAccuracy(
+                    prompts,
+                    [r for n in names for r in valid[n]],
+                    [s.evaluation for s in round_specs],
+                    mode=recipe.validation_accuracy,
+                    batch_size=recipe.eval_batch_size,
+                )
+            trainer = build_trainer(
+                model, args, examples, tokenizer.pad_token_id, eval_dataset=held_out, validation_accuracy=accuracy
+            )
             train_or_resume(trainer)
             # 8a freeze the round's tasks into the prompt table; the saved adapter is the table alone.
             model.freeze_tasks()

@@ -118,3 +118,61 @@ def test_length_grouped_batches_hold_rows_of_similar_length(tiny_llama, smollm2_
     mixed = sum(len({n > 30 for n in batch["attention_mask"].sum(1).tolist()}) == 2 for batch in batches)
     # Trainer sorts mega-batches of 8 batches by length: at most one mixed batch in each of the 4 (random: ~16 of 32)
     assert len(batches) == 32 and mixed <= 5
+
+
+def test_best_checkpoint_by_validation_accuracy(make_tiny_model, smollm2_tokenizer, tmp_path):
+    """``metric_for_best_model="task_accuracy"``: every evaluation logs the per-task scores, the checkpoint kept as
+    best is the one with the highest mean, and the model loaded at the end scores exactly that again."""
+    from peft_continual.evaluation import TaskEvaluation, ValidationAccuracy
+
+    rows = [
+        {"taskname": "sentiment", "sentence": f"Sales {w} {i}%", "label": label}
+        for i in range(6)
+        for w, label in [("rose", "positive"), ("fell", "negative")]
+    ]
+    records = records_from_dicts(rows)
+    prompts = PromptTokenizer(smollm2_tokenizer, TEMPLATES[:1])
+    tasks = [TaskEvaluation("sentiment", labels={"labels": ["positive", "negative"]})]
+    held_out = [r for r in records if r.fields["label"] == "positive"][:3] + [records[1]]  # 3 positive, 1 negative
+    accuracy = ValidationAccuracy(prompts, held_out, tasks)  # a model that always answers one label: 75% or 25%
+    torch.manual_seed(0)
+    config = ContinualPromptConfig(templates=TEMPLATES[:1], encoder_type="mlp").tokenize_tasknames(smollm2_tokenizer)
+    model = get_peft_model(make_tiny_model(initializer_range=0.5), config)  # answers that depend on the prompt
+    args = arguments(
+        tmp_path,
+        max_steps=8,
+        learning_rate=0.05,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="task_accuracy",
+    )
+    examples = prompts.tokenize_records(records).examples
+    trainer = build_trainer(
+        model, args, examples, smollm2_tokenizer.pad_token_id, eval_dataset=examples[:8], validation_accuracy=accuracy
+    )
+    trainer.train()
+
+    scores = [(e["step"], e["eval_task_accuracy"]) for e in trainer.state.log_history if "eval_loss" in e]
+    assert [step for step, _ in scores] == list(range(1, 9))
+    assert all(
+        e["eval_sentiment_accuracy"] == e["eval_task_accuracy"] for e in trainer.state.log_history if "eval_loss" in e
+    )
+    assert len({score for _, score in scores}) > 1  # the choice is not a tie
+    best_step, best = max(scores, key=lambda item: item[1])  # the first of equal maxima, as Trainer keeps it
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best_step}")
+    assert accuracy(model)["eval_task_accuracy"] == best == trainer.state.best_metric
+
+
+def test_validation_accuracy_needs_an_eval_dataset(tiny_llama, smollm2_tokenizer, tmp_path):
+    from peft_continual.errors import ConfigError
+    from peft_continual.evaluation import TaskEvaluation, ValidationAccuracy
+
+    prompts = PromptTokenizer(smollm2_tokenizer, TEMPLATES[:1])
+    records = records_from_dicts([{"taskname": "sentiment", "sentence": "Up", "label": "positive"}])
+    accuracy = ValidationAccuracy(prompts, records, [TaskEvaluation("sentiment", labels={"labels": ["positive"]})])
+    model = peft_model(tiny_llama, smollm2_tokenizer)
+    with pytest.raises(ConfigError, match="needs an eval_dataset"):
+        build_trainer(model, arguments(tmp_path), examples(smollm2_tokenizer), 2, validation_accuracy=accuracy)

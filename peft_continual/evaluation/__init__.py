@@ -3,6 +3,7 @@
 ``evaluate_tasks`` is the entry point; the modules below it each do one step and can be used alone.
 """
 
+from peft_continual.evaluation.during_training import ValidationAccuracy
 from peft_continual.evaluation.generate import generate_answers, generate_token_ids
 from peft_continual.evaluation.labels import LabelNormalization
 from peft_continual.evaluation.metrics import classification_metrics, intent_slot_metrics
@@ -20,6 +21,7 @@ __all__ = [
     "TaskEvaluation",
     "TaskKind",
     "TaskResult",
+    "ValidationAccuracy",
     "classification_metrics",
     "evaluate_task",
     "evaluate_tasks",

@@ -28,7 +28,7 @@ tasks:
 """
 
 
-def run_recipe(tmp_path, model_dir, output_dir, data_dir):
+def run_recipe(tmp_path, model_dir, output_dir, data_dir, *extra_flags):
     (tmp_path / "tasks.yaml").write_text(TASKS)
     flags = [
         "--config",
@@ -58,6 +58,7 @@ def run_recipe(tmp_path, model_dir, output_dir, data_dir):
         "0.01",
         "--disable_tqdm",
         "true",
+        *extra_flags,
     ]
     return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
 
@@ -108,6 +109,28 @@ def test_a_killed_run_resumes_and_ends_with_the_same_table(tmp_path, tiny_model_
         for d in (straight, tmp_path / "resumed")
     ]
     assert {k: v["sha256"] for k, v in hashes[0].items()} == {k: v["sha256"] for k, v in hashes[1].items()}
+
+
+@pytest.mark.slow
+def test_validation_accuracy_of_each_round_task_chooses_the_best_checkpoint(tmp_path, tiny_model_dir, shared_data):
+    output_dir = tmp_path / "out"
+    flags = ["--validation_accuracy", "auto", "--metric_for_best_model", "task_accuracy", "--fewshot", "false"]
+    run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, *flags)
+    for number, tasks in [(1, ["sentiment", "intent_and_slot"]), (2, ["sentiment_no"])]:
+        log = json.loads((output_dir / f"round_{number}" / "train_log.json").read_text())
+        evaluations = [entry for entry in log if "eval_loss" in entry]
+        assert len(evaluations) == {1: 2, 2: 1}[number]
+        for entry in evaluations:  # only the tasks being trained: the frozen ones cannot change
+            scores = {key for key in entry if key.endswith("_accuracy")}
+            assert scores == {f"eval_{name}_accuracy" for name in tasks} | {"eval_task_accuracy"}
+
+
+def test_an_accuracy_metric_without_validation_accuracy_stops_before_any_work(tmp_path):
+    flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
+    flags += ["--metric_for_best_model", "task_accuracy", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="needs --validation_accuracy auto"):
+        RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("config", ["smollm2_135m.yaml", "smollm2_135m_full.yaml"])
