@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from peft import PeftModel, get_peft_model
@@ -37,6 +37,7 @@ from peft_continual.experiment import (
     rounds_of,
 )
 from peft_continual.results import ResultRow, plot_results, result_row, write_atomic, write_results
+from peft_continual.run_settings import check_run_settings
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,25 @@ class RecipeArguments:
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap every task's test subset (quick runs)."})
 
 
+TRAINING_SETTINGS = (
+    "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy", "eval_steps",
+    "metric_for_best_model",
+)  # fmt: skip
+
+
+def run_settings(specs: list, recipe: RecipeArguments, training: ContinualTrainingArguments) -> dict:
+    """What decides the tables and the result rows of a run: a rerun in the same output folder must match them."""
+    # Left out: where the data is, how fast evaluation runs, whether the few-shot rows are (still) wanted; the task
+    # file by its content, not its path.
+    left_out = {"data_dir", "eval_batch_size", "fewshot", "tasks"}
+    return {
+        "tasks": {s.taskname: asdict(s) for s in specs},
+        **{name: value for name, value in asdict(recipe).items() if name not in left_out},
+        **{name: getattr(training, name, None) for name in TRAINING_SETTINGS},
+    }
+
+
 def losses_of(log_history: list[dict]) -> list[tuple[int, float]]:
     return [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
 
@@ -91,6 +111,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     best = training.metric_for_best_model or "loss"
     if recipe.validation_accuracy == "none" and ("accuracy" in best or "slot_f1" in best):
         raise SystemExit(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
+    check_run_settings(output_dir, run_settings(specs, recipe, training))  # a rerun resumes this run, not another
     train = {s.taskname: load_split(s, recipe.data_dir, "train", s.train_records, training.seed) for s in specs}
     caps = {s.taskname: min(filter(None, [s.eval_records, recipe.max_eval_records]), default=None) for s in specs}
     tests = {s.taskname: load_split(s, recipe.data_dir, s.eval_split, caps[s.taskname], training.seed) for s in specs}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import Trainer
 
+from peft_continual.errors import ConfigError
 from peft_continual.experiment import parse_config_and_flags
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,6 +85,23 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     for name in ("results.md", "training_loss.png", "accuracy.png", "round_2/table/adapter_model.safetensors"):
         assert (output_dir / name).exists(), name
     assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0
+
+    # The same folder with other settings: refused before any work, naming what changed.
+    (tmp_path / "tasks.yaml").write_text(
+        TASKS.replace(
+            "total_virtual_tokens: 3, virtual_token_splits: [3]", "total_virtual_tokens: 5, virtual_token_splits: [5]"
+        )
+    )
+    flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
+    flags += ["--tasks", str(tmp_path / "tasks.yaml"), "--output_dir", str(output_dir), "--learning_rate", "0.02"]
+    flags += ["--round_max_steps", "4", "2", "--per_device_train_batch_size", "4", "--encoder_type", "mlp"]
+    flags += ["--model", str(tiny_model_dir), "--validation_records", "4", "--eval_steps", "2", "--save_steps", "2"]
+    with pytest.raises(ConfigError) as refused:
+        RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    assert str(refused.value).splitlines()[1:3] == [
+        "  learning_rate: 0.01 then, 0.02 now",
+        "  tasks.intent_and_slot.template.total_virtual_tokens: 3 then, 5 now",
+    ]
 
 
 @pytest.mark.slow
