@@ -27,6 +27,7 @@ from transformers import set_seed
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.data.fewshot import fewshot_template
 from peft_continual.evaluation import ValidationAccuracy, evaluate_tasks
+from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.experiment import (
     DATA_DIR_VARIABLE,
     default_data_dir,
@@ -108,6 +109,8 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     rounds = rounds_of(specs)
     if len(recipe.round_max_steps) != len(rounds):
         raise SystemExit(f"--round_max_steps needs {len(rounds)} values (one per round), got {recipe.round_max_steps}")
+    if recipe.validation_accuracy not in ("none", *ACCURACY_MODES):
+        raise SystemExit(f"--validation_accuracy must be one of none, {', '.join(ACCURACY_MODES)}")
     best = training.metric_for_best_model or "loss"
     if recipe.validation_accuracy == "none" and ("accuracy" in best or "slot_f1" in best):
         raise SystemExit(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
@@ -166,12 +169,13 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
                 training, output_dir=str(round_dir / "checkpoints"), max_steps=recipe.round_max_steps[number - 1]
             )
             examples = prompts.tokenize_records([r for n in names for r in train[n]]).examples
-            held_out = prompts.tokenize_records([r for n in names for r in valid[n]]).examples
+            validation = [r for n in names for r in valid[n]]
+            held_out = prompts.tokenize_records(validation).examples
             accuracy = None
             if recipe.validation_accuracy != "none":
                 accuracy = ValidationAccuracy(
                     prompts,
-                    [r for n in names for r in valid[n]],
+                    validation,
                     [s.evaluation for s in round_specs],
                     mode=recipe.validation_accuracy,
                     batch_size=recipe.eval_batch_size,

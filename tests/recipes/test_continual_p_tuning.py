@@ -148,6 +148,8 @@ def test_an_accuracy_metric_without_validation_accuracy_stops_before_any_work(tm
     flags += ["--metric_for_best_model", "task_accuracy", "--output_dir", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="needs --validation_accuracy auto"):
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    with pytest.raises(SystemExit, match="--validation_accuracy must be one of none, auto, generation, restricted"):
+        RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], [*flags, "--validation_accuracy", "autoo"]))
     assert not (tmp_path / "out").exists()
 
 
