@@ -7,6 +7,7 @@ accuracy and slot F1 for intent-and-slot tasks, each for free generation and for
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_continual.data.records import TaskRecord
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.evaluation.tasks import TaskKind
 
@@ -95,6 +97,28 @@ def write_results(output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[st
     write_atomic(output_dir / "results.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     notes = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
     write_atomic(output_dir / "results.md", f"# {title}\n\n{markdown_table(rows)}\n\n{notes}\n")
+
+
+def evaluation_key(records: Sequence[TaskRecord], *inputs: Any) -> str:
+    """sha256 of an evaluation's records (tasks and fields, not where they were read) and other inputs (table row
+    hashes, template texts): rows saved by ``save_rows`` are read back only under the very same key."""
+    content = [[[record.taskname, record.fields] for record in records], inputs]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def save_rows(path: Path, key: str, rows: Sequence[ResultRow]) -> None:
+    """Save result rows with the ``evaluation_key`` of what they were measured on (atomically)."""
+    write_atomic(path, json.dumps({"evaluation_key": key, "rows": [asdict(row) for row in rows]}, indent=2) + "\n")
+
+
+def read_saved_rows(path: Path, key: str) -> list[ResultRow] | None:
+    """The rows ``save_rows`` wrote at ``path`` under ``key``; ``None`` when absent or measured on other inputs."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if not isinstance(saved, dict) or saved.get("evaluation_key") != key:
+        return None
+    return [ResultRow(**row) for row in saved["rows"]]
 
 
 def plot_results(

@@ -37,7 +37,16 @@ from peft_continual.experiment import (
     parse_config_and_flags,
     rounds_of,
 )
-from peft_continual.results import ResultRow, plot_results, result_row, write_atomic, write_results
+from peft_continual.results import (
+    ResultRow,
+    evaluation_key,
+    plot_results,
+    read_saved_rows,
+    result_row,
+    save_rows,
+    write_atomic,
+    write_results,
+)
 from peft_continual.run_settings import check_run_settings
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
@@ -127,23 +136,27 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=recipe.max_length)
     base_parameters = sum(p.numel() for p in base.parameters())
 
-    # 5 few-shot baseline: the untouched base model, demonstrations from train, same normalisation and metrics.
-    rows: list[ResultRow] = []
-    fewshot_file = output_dir / "fewshot.json"
-    if recipe.fewshot and not fewshot_file.exists():
-        shots = PromptTokenizer(tokenizer, [fewshot_template(s.template, train[s.taskname], s.fewshot) for s in specs])
+    # 5 few-shot baseline: the untouched base model, demonstrations from train, same normalisation and metrics
+    # (evaluated once: read back while the prompts are the same).
+    shots = [fewshot_template(s.template, train[s.taskname], s.fewshot) for s in specs]
+    fewshot_records = [r for s in specs for r in tests[s.taskname][: recipe.fewshot_eval_records]]
+    fewshot_key = evaluation_key(fewshot_records, [t.prompt_template for t in shots])
+    rows = read_saved_rows(output_dir / "fewshot.json", fewshot_key) or []
+    if recipe.fewshot and not rows:
         results = evaluate_tasks(
             base,
-            shots,
-            [r for s in specs for r in tests[s.taskname][: recipe.fewshot_eval_records]],
+            PromptTokenizer(tokenizer, shots),
+            fewshot_records,
             [s.evaluation for s in specs],
             batch_size=recipe.eval_batch_size,
             pass_virtual_tokens=False,
         )
-        write_atomic(fewshot_file, json.dumps([vars(result_row("few-shot", r)) for r in results.values()], indent=2))
-    if fewshot_file.exists():
-        rows += [ResultRow(**row) for row in json.loads(fewshot_file.read_text())]
+        rows = [result_row("few-shot", r) for r in results.values()]
+        save_rows(output_dir / "fewshot.json", fewshot_key, rows)
 
+    # Minutes of each earlier invocation of this run (a killed one: up to its last finished round).
+    minutes_file = output_dir / "minutes.json"
+    earlier_minutes = json.loads(minutes_file.read_text()) if minutes_file.exists() else []
     losses, hashes = {}, {}
     for number, round_specs in enumerate(rounds, start=1):
         round_dir = output_dir / f"round_{number}"
@@ -194,34 +207,38 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         hashes[number] = table.row_hashes()
         losses[f"round {number}"] = losses_of(json.loads((round_dir / "train_log.json").read_text()))
         trainable = json.loads((round_dir / "trainable.json").read_text())["trainable_parameters"]
-        # 9 evaluate every task served so far, from one frozen model, rows of all tasks mixed in each batch.
-        results = evaluate_tasks(
-            model,
-            prompts,
-            [r for s in served for r in tests[s.taskname]],
-            [s.evaluation for s in served],
-            batch_size=recipe.eval_batch_size,
-        )
-        for result in results.values():
-            stored = table.counts()[result.taskname] * table.token_dim
-            trained_now = trainable if result.taskname in names else 0
-            rows.append(
+        # 9 evaluate every task served so far, from one frozen model, rows of all tasks mixed in each batch (read
+        # back when this very table was evaluated on these very records before: a rerun costs seconds).
+        served_tests = [r for s in served for r in tests[s.taskname]]
+        round_key = evaluation_key(served_tests, hashes[number])
+        round_rows = read_saved_rows(round_dir / "evaluation.json", round_key)
+        if round_rows is None:
+            results = evaluate_tasks(
+                model, prompts, served_tests, [s.evaluation for s in served], batch_size=recipe.eval_batch_size
+            )
+            round_rows = [
                 result_row(
                     f"round {number}",
                     result,
-                    trainable_parameters=trained_now,
-                    stored_parameters=stored,
+                    trainable_parameters=trainable if result.taskname in names else 0,
+                    stored_parameters=table.counts()[result.taskname] * table.token_dim,
                     base_parameters=base_parameters,
                 )
-            )
-        predictions = {
-            n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
-        }
-        write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
+                for result in results.values()
+            ]
+            predictions = {
+                n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
+            }
+            write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
+            save_rows(round_dir / "evaluation.json", round_key, round_rows)
+        rows += round_rows
         # 10 results so far: a long run shows its finished rounds before the next one ends
+        spent = [*earlier_minutes, round((time.time() - started) / 60, 1)]
+        write_atomic(minutes_file, json.dumps(spent) + "\n")
         extra = {
             "command": " ".join(["python", *sys.argv]),
-            "minutes": round((time.time() - started) / 60, 1),
+            "minutes": round(sum(spent), 1),
+            "minutes_per_invocation": spent,
             "rounds_finished": f"{number} of {len(rounds)}",
         }
         if number == len(rounds):

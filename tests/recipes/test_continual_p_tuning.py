@@ -195,3 +195,41 @@ def test_a_run_killed_in_round_2_has_written_the_results_of_round_1(tmp_path, ti
     ]
     assert results["rounds_finished"] == "1 of 2" and "round_1_tasks_after_last_round" not in results
     assert "| intent_and_slot | round 1 |" in (output_dir / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_rerun_reads_back_the_evaluation_of_finished_rounds_unless_the_test_records_changed(
+    tmp_path, tiny_model_dir, shared_data, monkeypatch
+):
+    output_dir = tmp_path / "out"
+    run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data)
+    first = json.loads((output_dir / "results.json").read_text())
+    evaluated = []
+    real_evaluate = RECIPE["main"].__globals__["evaluate_tasks"]
+
+    def recording_evaluate(model, prompts, records, *args, **kwargs):
+        evaluated.append(sorted({r.taskname for r in records}))
+        return real_evaluate(model, prompts, records, *args, **kwargs)
+
+    monkeypatch.setitem(RECIPE["main"].__globals__, "evaluate_tasks", recording_evaluate)
+    run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data)
+    again = json.loads((output_dir / "results.json").read_text())
+    assert evaluated == []  # the few-shot baseline and both rounds read back
+    assert again["rows"] == first["rows"]
+    assert again["round_1_tasks_after_last_round"] == first["round_1_tasks_after_last_round"]
+    assert len(again["minutes_per_invocation"]) == 2 == len(first["minutes_per_invocation"]) + 1
+    assert again["minutes"] == round(sum(again["minutes_per_invocation"]), 1)
+
+    # Other test records of `sentiment` (the data folder is not part of a run's settings): the few-shot baseline and
+    # every round that serves it are evaluated again.
+    changed = tmp_path / "data"
+    for dataset in ("financial_phrasebank", "assistant_nlu", "norec_sentence_no"):
+        (changed / dataset).mkdir(parents=True)
+        for split in ("train", "validation", "test"):
+            (changed / dataset / f"{split}.jsonl").symlink_to(shared_data / dataset / f"{split}.jsonl")
+    (changed / "financial_phrasebank" / "test.jsonl").unlink()
+    lines = (shared_data / "financial_phrasebank" / "test.jsonl").read_text().splitlines(keepends=True)
+    (changed / "financial_phrasebank" / "test.jsonl").write_text("".join(lines[1:]))
+    run_recipe(tmp_path, tiny_model_dir, output_dir, changed)
+    every_task = ["intent_and_slot", "sentiment", "sentiment_no"]
+    assert evaluated == [every_task, ["intent_and_slot", "sentiment"], every_task]
