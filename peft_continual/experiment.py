@@ -155,11 +155,17 @@ def load_base_model(name: str) -> tuple[Any, Any]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == "embedded":
-        from peft_continual.embedded import embedded_model_path
+    path = resolve_model_path(name)
+    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
-        name = str(embedded_model_path())
-    return AutoModelForCausalLM.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+
+def resolve_model_path(name: str) -> str:
+    """``embedded``: the folder of SmolLM2-135M cached as safetensors (made on first use); any other name unchanged."""
+    if name != "embedded":
+        return name
+    from peft_continual.embedded import embedded_model_path
+
+    return str(embedded_model_path())
 
 
 def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:

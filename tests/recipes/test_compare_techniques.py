@@ -1,0 +1,107 @@
+"""The technique comparison recipe on a tiny random model: every technique is built, trained if it trains, evaluated
+on the same records, and read back on a rerun."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, Trainer
+
+from peft_continual.errors import ConfigError
+from peft_continual.experiment import parse_config_and_flags
+from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = runpy.run_path(str(ROOT / "recipes" / "compare_techniques.py"))
+CONFIG = ROOT / "recipes" / "configs" / "compare_techniques" / "smollm2_135m.yaml"
+TASKS = """
+tasks:
+  - {taskname: sentiment, dataset: financial_phrasebank, total_virtual_tokens: 4, virtual_token_splits: [2, 2],
+     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence}\\n<|VIRTUAL_PROMPT_1|>Sentiment: {label}", answer_field: label,
+     train_records: 16, eval_records: 6, fewshot: {k: 1},
+     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}, max_new_tokens: 3}}
+"""
+WITHOUT_QLORA = [
+    "zero_shot",
+    "few_shot",
+    "prompt_tuning",
+    "p_tuning",
+    "lora",
+    "ia3",
+    "full_fine_tuning",
+    "p_tuning+lora",
+]
+
+
+def run_recipe(tmp_path, model_dir, output_dir, data_dir, techniques=WITHOUT_QLORA, *extra):
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    flags = ["--config", str(CONFIG), "--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(data_dir)]
+    flags += ["--model", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "3", "--encoder_type", "mlp"]
+    flags += ["--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--techniques", *techniques, *extra]
+    return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+
+
+@pytest.mark.slow
+def test_every_technique_is_evaluated_on_the_same_records(tmp_path, tiny_model_dir, shared_data):
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data)
+    by_name = {row.stage: row for row in rows}
+    assert [row.stage for row in rows] == WITHOUT_QLORA
+    assert all(row.task == "sentiment" and row.examples == 6 for row in rows)
+    base = by_name["zero_shot"].base_parameters
+    assert by_name["zero_shot"].trainable_parameters == 0 == by_name["few_shot"].stored_parameters
+    assert by_name["prompt_tuning"].trainable_parameters == by_name["prompt_tuning"].stored_parameters == 4 * 32
+    assert by_name["p_tuning"].stored_parameters == 4 * 32 < by_name["p_tuning"].trainable_parameters
+    lora = by_name["lora"].stored_parameters
+    assert 0 < lora == by_name["lora"].trainable_parameters
+    assert by_name["p_tuning+lora"].stored_parameters == 4 * 32 + lora
+    assert 0 < by_name["ia3"].stored_parameters < lora
+    assert by_name["full_fine_tuning"].trainable_parameters == by_name["full_fine_tuning"].stored_parameters == base
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["stage"] for row in results["rows"]] == WITHOUT_QLORA
+
+
+@pytest.mark.slow
+def test_a_rerun_reads_finished_techniques_back_and_refuses_other_settings(
+    tmp_path, tiny_model_dir, shared_data, monkeypatch
+):
+    first = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["few_shot", "lora"])
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("a finished technique was trained again")
+
+    monkeypatch.setattr(Trainer, "train", no_training)
+    assert run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["few_shot", "lora"]) == first
+    with pytest.raises(ConfigError, match="lora_r: 8 then, 4 now"):
+        run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["lora"], "--lora_r", "4")
+
+
+@pytest.mark.slow
+def test_qlora_trains_lora_on_a_4bit_base(tmp_path, shared_data):
+    pytest.importorskip("bitsandbytes")
+    model_dir = tmp_path / "tiny-64"  # bitsandbytes' CPU 4-bit kernels need layers at least 64 wide
+    build_tiny_model("llama", hidden_size=64, intermediate_size=128).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR).save_pretrained(model_dir)
+    (row,) = run_recipe(tmp_path, model_dir, tmp_path / "out", shared_data, ["qlora"])
+    assert row.stage == "qlora" and row.examples == 6
+    assert 0 < row.stored_parameters == row.trainable_parameters
+    full_precision = sum(
+        p.numel() for p in build_tiny_model("llama", hidden_size=64, intermediate_size=128).parameters()
+    )
+    assert row.base_parameters == full_precision  # 4-bit weights counted as the values they hold
+
+
+def test_the_config_parses_and_names_known_techniques(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    arguments, techniques, training = parse_config_and_flags(RECIPE["ARGUMENTS"], ["--config", str(CONFIG)])
+    assert arguments.techniques == list(RECIPE["TECHNIQUES"])
+    assert techniques.lora_r == 8 and techniques.full_learning_rate == 2e-5
+    assert training.num_train_epochs == 1 and training.per_device_train_batch_size == 8
+
+
+def test_an_unknown_technique_stops_before_any_work(tmp_path):
+    arguments, techniques, training = parse_config_and_flags(
+        RECIPE["ARGUMENTS"], ["--config", str(CONFIG), "--techniques", "lora", "adapterfusion"]
+    )
+    with pytest.raises(ConfigError, match="unknown technique"):
+        RECIPE["main"](arguments, techniques, training)
