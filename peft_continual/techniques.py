@@ -1,6 +1,6 @@
 """The techniques the continual method is measured against, each built on one base model and one task template.
 
-``recipes/compare_adapters.py`` trains and evaluates them on the same records, at the same budget, with the same
+``recipes/compare_techniques.py`` trains and evaluates them on the same records, at the same budget, with the same
 evaluation code. What each one trains and what the model reads:
 
 | technique | trained | the model reads |
