@@ -38,6 +38,15 @@ class ConfigError(PeftContinualError):
     """A configuration value is invalid (method, evaluation or recipe settings), or a change of tasks is not allowed now."""
 
 
+class PrecisionError(ConfigError):
+    """The precision asked for cannot run on this device; the message says why and what to use instead."""
+
+
+class PreflightError(PeftContinualError):
+    """The recipe's short check of the whole path (load, a training step of every round, a generate) failed on this
+    machine, before any long work; the message names the stage, the device and precision, and the cause."""
+
+
 class TableMismatchError(PeftContinualError):
     """A prompt table was trained on a different base model than the one it is being loaded into."""
 

@@ -19,9 +19,12 @@ the same templates and metrics. A task file is NeMo-like::
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-from collections.abc import Collection, Mapping, Sequence
+import sys
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,12 @@ from transformers import HfArgumentParser
 from peft_continual.data.fewshot import FewShotConfig
 from peft_continual.data.records import TaskRecord, read_jsonl
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
-from peft_continual.errors import ConfigError, allowed
+from peft_continual.errors import ConfigError, PeftContinualError, allowed
 from peft_continual.evaluation.tasks import TaskEvaluation
 
 _TEMPLATE_KEYS = {f.name for f in fields(TaskTemplate)}
 DATA_DIR_VARIABLE = "PEFT_CONTINUAL_DATA_DIR"
+TRACEBACK_VARIABLE = "PEFT_CONTINUAL_TRACEBACK"
 
 
 def default_data_dir(repo_root: Path) -> str:
@@ -195,3 +199,26 @@ def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str])
         parser.set_defaults(**defaults)
         argv = argv[:at] + argv[at + 2 :]
     return tuple(parser.parse_args_into_dataclasses(args=argv))
+
+
+def run_recipe(main: Callable[..., Any], dataclass_types: Sequence[type], argv: Sequence[str]) -> None:
+    """A recipe's entry point: parse the config and flags, show this library's log lines, run ``main``.
+
+    A user mistake or a machine that cannot run the recipe (any ``PeftContinualError``: a bad config, a missing data
+    file, a precision the device cannot run, a failed check before the run) ends the process with its message and
+    exit status 2, not a traceback; ``PEFT_CONTINUAL_TRACEBACK=1`` shows the traceback too.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    library_logger = logging.getLogger("peft_continual")
+    library_logger.addHandler(handler)
+    library_logger.setLevel(logging.INFO)
+    # PEFT 0.21.2 reads this deprecated transformers attribute on every wrap; not the user's to fix
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    try:
+        main(*parse_config_and_flags(dataclass_types, argv))
+    except PeftContinualError as error:
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,13 +3,16 @@
 Nothing here replaces ``Trainer``: the method's model is a ``PeftModel`` whose forward takes the batch of
 ``ContinualPromptCollator`` (with ``virtual_token_mask`` and ``tasknames``), so the stock training loop, checkpoints,
 ``resume_from_checkpoint``, ``load_best_model_at_end`` and ``accelerate launch`` (DDP) all apply unchanged. The
-subclass of ``TrainingArguments`` only changes defaults that are wrong for this method; the subclass of ``Trainer``
-only adds task accuracy on held-out records to its evaluations (``ValidationAccuracy``), the way ``transformers``
-asks for metrics that need generation (override the evaluation, as ``Seq2SeqTrainer`` does).
+subclass of ``TrainingArguments`` changes defaults that are wrong for this method and chooses the precision from the
+hardware (``peft_continual.precision``); the subclass of ``Trainer`` computes the loss from the logits of labelled
+positions only (``peft_continual.answer_loss``: the same loss, a faster step) and adds task accuracy on held-out
+records to its evaluations (``ValidationAccuracy``), the way ``transformers`` asks for metrics that need generation
+(override the evaluation, as ``Seq2SeqTrainer`` does).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,12 +21,20 @@ from typing import Any
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
+from peft_continual.answer_loss import accepts_logit_positions, labelled_positions, loss_at_positions
 from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.tokenize import TokenizedExample
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation.during_training import ValidationAccuracy
+from peft_continual.precision import Precision, choose_precision, device_type
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    """Log a line once per process (``dataclasses.replace`` of the arguments chooses the precision again)."""
+    logger.info(message)
 
 
 @dataclass
@@ -40,10 +51,18 @@ class ContinualTrainingArguments(TrainingArguments):
     - ``warmup_steps=0.06``: 6% of the steps as linear warm-up.
     - ``logging_steps=10``, ``save_total_limit=2``.
 
+    > Added
+
+    - ``precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``): ``auto`` chooses from the hardware (see
+      ``peft_continual.precision``) and sets ``bf16``/``fp16`` (and ``use_cpu`` for bf16 on a CPU-only machine, which
+      transformers requires). ``--bf16 true``/``--fp16 true`` are read as ``precision`` asked for by name. A device
+      that cannot run the precision asked for raises ``PrecisionError`` here, before any work. The choice and its
+      reason are in ``precision_choice`` (``str()`` of it is one log line).
+
     Example:
-        >>> args = ContinualTrainingArguments(output_dir="out", max_steps=10)
-        >>> args.remove_unused_columns, args.label_names
-        (False, ['labels'])
+        >>> args = ContinualTrainingArguments(output_dir="out", max_steps=10, precision="fp32")
+        >>> args.remove_unused_columns, args.label_names, args.bf16
+        (False, ['labels'], False)
     """
 
     remove_unused_columns: bool = field(
@@ -56,10 +75,48 @@ class ContinualTrainingArguments(TrainingArguments):
     warmup_steps: float = field(default=0.06, metadata={"help": "Warm-up steps, or a fraction of all steps if < 1."})
     logging_steps: float = field(default=10, metadata={"help": "Log the training loss every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in `output_dir`."})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "Training precision: `auto` (bf16 on GPUs and CPUs with bf16 hardware, fp16 on older GPUs, fp32 "
+            "on other CPUs), or `bf16`, `fp16`, `fp32` (refused before any work where the device cannot run it)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.precision_choice = choose_precision(self._requested_precision(), device_type(self.use_cpu))
+        self.bf16 = self.precision_choice.precision is Precision.BF16
+        self.fp16 = self.precision_choice.precision is Precision.FP16
+        if self.bf16 and self.precision_choice.device == "cpu":
+            self.use_cpu = True  # transformers refuses bf16 without a GPU unless use_cpu says the CPU is meant
+        _log_once(str(self.precision_choice))
+        super().__post_init__()
+
+    def _requested_precision(self) -> Precision:
+        """``precision``, or the one that ``--bf16``/``--fp16`` name; refuses flags that contradict each other."""
+        try:
+            requested = Precision(self.precision)
+        except ValueError:
+            raise ConfigError(
+                f"--precision {self.precision!r} is not one of {', '.join(p.value for p in Precision)}"
+            ) from None
+        flags = [name for name in ("bf16", "fp16") if getattr(self, name)]
+        if len(flags) > 1:
+            raise ConfigError("--bf16 true and --fp16 true contradict each other; give --precision instead")
+        if flags and requested not in (Precision.AUTO, Precision(flags[0])):
+            raise ConfigError(f"--{flags[0]} true contradicts --precision {requested.value}; give only --precision")
+        return Precision(flags[0]) if flags else requested
 
 
 class ContinualTrainer(Trainer):
-    """``Trainer`` whose evaluations also score held-out records per task (``validation_accuracy``).
+    """``Trainer`` with the loss from labelled positions only, whose evaluations also score held-out records per
+    task (``validation_accuracy``).
+
+    The loss is transformers' causal-LM loss (the same value and gradients, with ``num_items_in_batch`` under
+    gradient accumulation) from the logits of the positions that predict a label (``peft_continual.answer_loss``);
+    models that cannot give those (PEFT's own prompt learning shifts the positions) get ``Trainer``'s computation, and
+    so does a ``label_smoother`` or ``compute_loss_func``. ``outputs.logits`` of the training loss hold only those
+    positions.
 
     The scores join ``eval_loss`` in the same metrics dict, before logging and callbacks, so
     ``metric_for_best_model="task_accuracy"`` (with ``load_best_model_at_end``) and ``EarlyStoppingCallback`` work on
@@ -70,6 +127,32 @@ class ContinualTrainer(Trainer):
     def __init__(self, *args: Any, validation_accuracy: ValidationAccuracy | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.validation_accuracy = validation_accuracy
+
+    def compute_loss(
+        self,
+        model: Any,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
+        labels = inputs.get("labels")
+        if (
+            labels is None
+            or self.label_smoother is not None
+            or self.compute_loss_func is not None
+            or not accepts_logit_positions(self.accelerator.unwrap_model(model))
+        ):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        positions = labelled_positions(labels)
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=positions)
+        # Trainer divides the loss by the accumulation steps itself unless the model normalises by num_items_in_batch
+        items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+        loss = loss_at_positions(outputs.logits, labels, positions, items)
+        if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs and items is not None:
+            data_parallel = self.accelerator.num_processes // getattr(self, "get_tp_size", lambda: 1)()
+            loss = loss * (data_parallel if self.args.n_gpu <= 1 else self.args.n_gpu)  # as Trainer.compute_loss
+        outputs["loss"] = loss
+        return (loss, outputs) if return_outputs else loss
 
     def evaluation_loop(
         self,

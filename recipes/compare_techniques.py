@@ -32,8 +32,9 @@ from peft_continual.experiment import (
     default_data_dir,
     load_split,
     load_task_specs,
-    parse_config_and_flags,
+    run_recipe,
 )
+from peft_continual.machine import machine_facts
 from peft_continual.results import ResultRow, evaluation_key, read_saved_rows, result_row, save_rows, write_results
 from peft_continual.run_settings import check_run_settings
 from peft_continual.techniques import (
@@ -116,6 +117,8 @@ def main(args: ComparisonArguments, techniques: TechniqueArguments, training: Co
             continue
         # 2 a fresh base model per technique (LoRA/IA3 inject their layers into it); 3 wrap it.
         base, tokenizer = load_technique_base(technique, args.model)
+        if technique != "qlora":  # placed by bitsandbytes when quantized
+            base.to(training.device)
         base_parameters = count_parameters(base)
         prompts = PromptTokenizer(tokenizer, [template], max_length=args.max_length)
         set_seed(training.seed)
@@ -158,6 +161,8 @@ def main(args: ComparisonArguments, techniques: TechniqueArguments, training: Co
     budget = f"{training.max_steps} steps" if training.max_steps > 0 else f"{training.num_train_epochs:g} epoch(s)"
     extra = {
         "command": " ".join(["python", *sys.argv]),
+        "precision": str(training.precision_choice),
+        "machine": machine_facts(),
         "minutes": round((time.time() - started) / 60, 1),
         "budget": f"{budget} at batch {training.per_device_train_batch_size}, {len(train)} training records",
     }
@@ -169,4 +174,4 @@ def main(args: ComparisonArguments, techniques: TechniqueArguments, training: Co
 ARGUMENTS = (ComparisonArguments, TechniqueArguments, ContinualTrainingArguments)
 
 if __name__ == "__main__":
-    main(*parse_config_and_flags(ARGUMENTS, sys.argv[1:]))
+    run_recipe(main, ARGUMENTS, sys.argv[1:])

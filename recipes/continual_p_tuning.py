@@ -8,9 +8,14 @@ Any field can be overridden with a flag (``--round_max_steps 40 20 --output_dir 
 and starting the same command again resumes: finished rounds and the few-shot baseline are read back from the output
 folder, an interrupted round continues from its last Trainer checkpoint.
 
-Stages: # 1 records -> # 2 templates -> # 3 tokenize -> # 4 base model -> # 5 few-shot baseline -> per round:
-# 6 wrap (fresh encoder; earlier tasks from the table) -> # 7 Trainer.train -> # 8a freeze into the table and save ->
-# 9 evaluate every task so far in mixed-task batches -> # 10 results table, JSON, Markdown, plots (after every round).
+Device and precision come from the hardware (``--precision auto``: see ``peft_continual.precision``); before the
+long parts, a check of a few seconds runs the whole path once (``peft_continual.preflight``), so a machine that
+cannot run it fails within a minute with a message that names the cause.
+
+Stages: # 1 records -> # 2 templates -> # 3 tokenize -> # 4 base model -> # 4b check the whole path -> # 5 few-shot
+baseline -> per round: # 6 wrap (fresh encoder; earlier tasks from the table) -> # 7 Trainer.train -> # 8a freeze
+into the table and save -> # 9 evaluate every task so far in mixed-task batches -> # 10 results table, JSON,
+Markdown, plots (after every round).
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ from peft_continual.experiment import (
     load_base_model,
     load_split,
     load_task_specs,
-    parse_config_and_flags,
     rounds_of,
+    run_recipe,
 )
+from peft_continual.machine import machine_facts
+from peft_continual.preflight import check_continual_run
 from peft_continual.results import (
     ResultRow,
     evaluation_key,
@@ -89,7 +96,7 @@ class RecipeArguments:
 
 
 TRAINING_SETTINGS = (
-    "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",
+    "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",  # as chosen
     "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy", "eval_steps",
     "metric_for_best_model",
 )  # fmt: skip
@@ -131,14 +138,31 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         s.taskname: load_split(s, recipe.data_dir, "validation", recipe.validation_records, training.seed)
         for s in specs
     }
-    # 3 tokenize (the same tokenizer and templates serve training, generation and scoring).
+    # 3 tokenize (the same tokenizer and templates serve training, generation and scoring) and 4 the base model, on
+    # the device that Trainer will train on (a GPU when there is one).
     base, tokenizer = load_base_model(recipe.model)
+    base.to(training.device)
     prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=recipe.max_length)
     base_parameters = sum(p.numel() for p in base.parameters())
+    shots = [fewshot_template(s.template, train[s.taskname], s.fewshot) for s in specs]
+
+    # 4b the whole path once on a few rows, in the chosen precision: a machine that cannot run it stops here.
+    print(
+        check_continual_run(
+            base,
+            tokenizer,
+            first_round_config(recipe, rounds[0], tokenizer),
+            [[s.template for s in r] for r in rounds],
+            [prompts.tokenize_records([train[s.taskname][i] for s in r for i in range(2)]).examples for r in rounds],
+            [prompts(tests[s.taskname][0], include_answer=False) for s in specs],
+            [PromptTokenizer(tokenizer, shots)(tests[s.taskname][0], include_answer=False) for s in specs],
+            training.precision_choice,
+        ),
+        flush=True,
+    )
 
     # 5 few-shot baseline: the untouched base model, demonstrations from train, same normalisation and metrics
     # (evaluated once: read back while the prompts are the same).
-    shots = [fewshot_template(s.template, train[s.taskname], s.fewshot) for s in specs]
     fewshot_records = [r for s in specs for r in tests[s.taskname][: recipe.fewshot_eval_records]]
     fewshot_key = evaluation_key(fewshot_records, [t.prompt_template for t in shots])
     rows = read_saved_rows(output_dir / "fewshot.json", fewshot_key) or []
@@ -166,13 +190,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             # 6 wrap: a fresh encoder for this round's tasks; earlier tasks stay frozen rows of the table.
             set_seed(training.seed + number)  # the encoder's initialisation, the same on every (re)run
             if number == 1:
-                config = ContinualPromptConfig(
-                    task_type="CAUSAL_LM",
-                    templates=[s.template for s in round_specs],
-                    encoder_type=recipe.encoder_type,
-                    encoder_hidden_size=recipe.encoder_hidden_size,
-                ).tokenize_tasknames(tokenizer)
-                model = get_peft_model(base, config)
+                model = get_peft_model(base, first_round_config(recipe, round_specs, tokenizer))
             else:
                 model = PeftModel.from_pretrained(base, output_dir / f"round_{number - 1}" / "table", is_trainable=True)
                 model.add_tasks([s.template for s in round_specs], tokenizer=tokenizer)
@@ -237,6 +255,8 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         write_atomic(minutes_file, json.dumps(spent) + "\n")
         extra = {
             "command": " ".join(["python", *sys.argv]),
+            "precision": str(training.precision_choice),
+            "machine": machine_facts(),
             "minutes": round(sum(spent), 1),
             "minutes_per_invocation": spent,
             "rounds_finished": f"{number} of {len(rounds)}",
@@ -247,6 +267,16 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         plot_results(output_dir, losses, rows)
     print((output_dir / "results.md").read_text())
     return rows
+
+
+def first_round_config(recipe: RecipeArguments, round_specs: list, tokenizer) -> ContinualPromptConfig:
+    """The method's config of round 1: its tasks' templates and the encoder settings."""
+    return ContinualPromptConfig(
+        task_type="CAUSAL_LM",
+        templates=[s.template for s in round_specs],
+        encoder_type=recipe.encoder_type,
+        encoder_hidden_size=recipe.encoder_hidden_size,
+    ).tokenize_tasknames(tokenizer)
 
 
 def frozen_check(output_dir: Path, hashes: dict[int, dict[str, str]], last: int) -> dict[str, dict]:
@@ -266,4 +296,4 @@ def frozen_check(output_dir: Path, hashes: dict[int, dict[str, str]], last: int)
 ARGUMENTS = (RecipeArguments, ContinualTrainingArguments)
 
 if __name__ == "__main__":
-    main(*parse_config_and_flags(ARGUMENTS, sys.argv[1:]))
+    run_recipe(main, ARGUMENTS, sys.argv[1:])

@@ -170,11 +170,26 @@ def test_qlora_merge_and_unload_keeps_the_prompts(base_dir, base):
     assert (after - plain).abs().mean() > 0.15, "the prompts still act on the merged base"
 
 
+def _bnb_packs_nf4_for_the_cpu() -> bool:
+    """bitsandbytes repacks nf4 weights for its CPU kernel only on CPUs with AVX512-BF16 (``has_avx512bf16``)."""
+    if not HAS_BNB:
+        return False
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
 @pytest.mark.bnb
+@pytest.mark.skipif(
+    not _bnb_packs_nf4_for_the_cpu(),
+    reason="bitsandbytes repacks nf4 weights for the CPU only where it reports AVX512-BF16 (has_avx512bf16()); "
+    "this CPU has none, so the merge is right here",
+)
 def test_peft_qlora_merge_after_a_no_grad_cpu_forward_is_off(base_dir):
-    """A fact of PEFT 0.21.2 + bitsandbytes 0.50.2 on CPU, prompts not involved: the first forward whose inputs
-    need no gradient repacks the nf4 weights for the CPU kernel, and PEFT's merge then dequantizes the repacked
-    bytes. If this fails, the bug is fixed: drop the caveat from ``docs/content/concepts/quantized-models.md``."""
+    """A fact of PEFT 0.21.2 + bitsandbytes 0.50.2 on CPUs with AVX512-BF16, prompts not involved: the first forward
+    whose inputs need no gradient repacks the nf4 weights for bitsandbytes' AVX512-BF16 CPU kernel, and PEFT's merge
+    then dequantizes the repacked bytes. If this fails on such a CPU, the bug is fixed: drop the caveat from
+    ``docs/content/concepts/quantized-models.md``."""
     from peft import get_peft_model
 
     def qlora():

@@ -7,7 +7,10 @@ frozen base model's word embeddings of the task name. An LSTM (+ MLP head) or an
 their prompts apart; tasks may have different token counts. The ``embedding`` type is plain prompt tuning instead:
 one trainable ``(n_T, D)`` matrix per task.
 
-The encoder runs once per task present in a batch (tasks with the same count in one call), never once per row.
+The encoder runs once per task present in a batch (tasks with the same count in one call), never once per row, and
+always in float32, also inside ``torch.autocast`` (bf16/fp16 training): it is a few MB, its output is cast to the
+base model's dtype where the rows are placed, and ``torch.nn.LSTM`` has no bf16 kernel on CPUs without bf16
+hardware (oneDNN: "could not create a primitive descriptor for the LSTM forward propagation primitive").
 """
 
 from __future__ import annotations
@@ -125,10 +128,12 @@ class TaskPromptEncoder(nn.Module):
         return torch.cat([name_rows, learned[len(ids) :]])
 
     def _encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``(G, n, D)`` inputs -> ``(G, n, D)`` prompts."""
-        if self.encoder_type == EncoderType.LSTM:
-            inputs = self.lstm(inputs)[0]  # (G, n, 2H)
-        return self.head(inputs)
+        """``(G, n, D)`` inputs -> ``(G, n, D)`` prompts, in float32 whatever autocast is active."""
+        with torch.autocast(device_type=inputs.device.type, enabled=False):
+            inputs = inputs.float()
+            if self.encoder_type == EncoderType.LSTM:
+                inputs = self.lstm(inputs)[0]  # (G, n, 2H)
+            return self.head(inputs)
 
 
 def _mlp(token_dim: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Sequential:

@@ -85,3 +85,20 @@ def test_embedding_type_is_one_matrix_per_task_initialised_from_given_rows():
     encoder = TaskPromptEncoder(D, {"a": 3, "b.x": 2}, {}, "embedding", init_rows=init)
     assert torch.equal(encoder([*"a"], None)["a"], init["a"])
     assert sorted(name for name, _ in encoder.named_parameters()) == ["prompts.task:a", "prompts.task:b%2Ex"]
+
+
+@pytest.mark.parametrize("encoder_type", ["lstm", "mlp", "embedding"])
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_the_encoder_runs_in_float32_inside_and_outside_cpu_autocast(encoder_type, autocast_dtype, words):
+    """Training in bf16 autocasts the base model; the encoder must still run (an LSTM has no bf16 kernel on CPUs
+    without bf16 hardware) and give exactly its float32 rows, with finite gradients."""
+    encoder = TaskPromptEncoder(D, COUNTS, NAME_IDS, encoder_type, hidden_size=6)
+    reference = encoder(["a", "b"], words)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+        out = encoder(["a", "b"], words)
+        loss = sum(rows.sum() for rows in out.values())
+    loss.backward()
+    assert {rows.dtype for rows in out.values()} == {torch.float32}
+    assert all(torch.equal(out[name], reference[name]) for name in out)
+    grads = [p.grad for p in encoder.parameters() if p.grad is not None]
+    assert grads and all(g.isfinite().all() for g in grads)

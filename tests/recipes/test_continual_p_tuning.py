@@ -1,7 +1,12 @@
 """The continual p-tuning recipe end to end on a tiny random model: outputs, frozen old tasks, resume after a kill."""
 
 import json
+import os
+import platform
 import runpy
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,7 @@ from transformers import Trainer
 
 from peft_continual.errors import ConfigError
 from peft_continual.experiment import parse_config_and_flags
+from peft_continual.machine import cpu_bf16_support
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "continual_p_tuning.py"))
@@ -233,3 +239,68 @@ def test_a_rerun_reads_back_the_evaluation_of_finished_rounds_unless_the_test_re
     run_recipe(tmp_path, tiny_model_dir, output_dir, changed)
     every_task = ["intent_and_slot", "sentiment", "sentiment_no"]
     assert evaluated == [every_task, ["intent_and_slot", "sentiment"], every_task]
+
+
+def recipe_flags(tmp_path, model_dir, output_dir, data_dir) -> list[str]:
+    """The default config as a user runs it (LSTM encoder, precision auto), on a tiny model for 2 + 1 steps."""
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
+    flags += ["--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(data_dir), "--model", str(model_dir)]
+    flags += ["--output_dir", str(output_dir), "--round_max_steps", "2", "1", "--save_steps", "2", "--eval_steps", "2"]
+    return flags + ["--validation_records", "4", "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]
+
+
+@pytest.mark.slow
+def test_the_default_config_trains_its_lstm_encoder_in_the_precision_this_machine_chooses(
+    tmp_path, tiny_model_dir, shared_data
+):
+    recipe, training = parse_config_and_flags(
+        RECIPE["ARGUMENTS"], recipe_flags(tmp_path, tiny_model_dir, tmp_path / "out", shared_data)
+    )
+    assert recipe.encoder_type == "lstm" and training.precision == "auto"
+    RECIPE["main"](recipe, training)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["rounds_finished"] == "2 of 2"
+    assert results["precision"] == str(training.precision_choice)
+    assert {"cpu", "torch_threads", "device", "torch", "transformers", "peft"} <= set(results["machine"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
+    reason="ONEDNN_MAX_CPU_ISA caps oneDNN's x86-64 instruction sets; this is not an x86-64 torch build with oneDNN",
+)
+def test_on_a_cpu_without_bf16_the_demo_trains_in_fp32_and_forced_bf16_stops_in_seconds(
+    tmp_path, tiny_model_dir, shared_data
+):
+    """The reference machine of the demo's clock (AVX2 only), on any x86-64 CPU through oneDNN's cap; each run is
+    the command line of the README's demo, in a fresh interpreter (oneDNN reads the cap once)."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    command = [sys.executable, str(ROOT / "recipes/continual_p_tuning.py")]
+    flags = recipe_flags(tmp_path, tiny_model_dir, tmp_path / "forced", shared_data)
+    started = time.monotonic()
+    forced = subprocess.run([*command, *flags, "--precision", "bf16"], env=env, capture_output=True, text=True)
+    assert forced.returncode == 2 and time.monotonic() - started < 60
+    assert forced.stderr.strip().splitlines()[-1].startswith("error: bf16 was asked for")
+    assert "Traceback" not in forced.stderr and not (tmp_path / "forced").exists()
+
+    flags = recipe_flags(tmp_path, tiny_model_dir, tmp_path / "auto", shared_data)
+    done = subprocess.run([*command, *flags, "--fewshot_eval_records", "2"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training precision: fp32 on cpu (auto" in done.stderr and "check before the run passed" in done.stdout
+    results = json.loads((tmp_path / "auto" / "results.json").read_text())
+    assert results["rounds_finished"] == "2 of 2" and results["machine"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not cpu_bf16_support().onednn,
+    reason="bf16 training on the CPU needs oneDNN's bf16 (AVX512 or AMX); this CPU has none",
+)
+def test_bf16_asked_for_trains_the_default_config_under_autocast(tmp_path, tiny_model_dir, shared_data):
+    flags = recipe_flags(tmp_path, tiny_model_dir, tmp_path / "out", shared_data) + ["--precision", "bf16"]
+    recipe, training = parse_config_and_flags(RECIPE["ARGUMENTS"], flags)
+    assert training.bf16 and training.use_cpu
+    RECIPE["main"](recipe, training)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["precision"].startswith("training precision: bf16 on cpu (asked for bf16")
