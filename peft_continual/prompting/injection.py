@@ -62,7 +62,7 @@ def inject_prompts(
     offsets = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)  # (T,) first row of each task in `table`
     k = virtual_token_mask.long().cumsum(1) - 1  # (B, L): index of each virtual position within its row
     index = offsets[row_task].unsqueeze(1) + k  # (B, L): row of `table` for each virtual position
-    values = table[index[virtual_token_mask]]  # (M, D), M = number of virtual positions, in row-major order
+    values = table.index_select(0, index[virtual_token_mask])  # (M, D), M = virtual positions, in row-major order
     return inputs_embeds.masked_scatter(virtual_token_mask.unsqueeze(-1), values)
 
 

@@ -124,3 +124,27 @@ def test_any_layout_matches_the_reference(batch):
     tasknames, mask = batch
     embeds = torch.randn(len(tasknames), mask.shape[1], D)
     assert torch.equal(inject_prompts(embeds, mask, tasknames, PROMPTS), by_hand(embeds, mask, tasknames, PROMPTS))
+
+
+def test_gradients_are_bitwise_repeatable_with_several_threads():
+    """Many rows read the same task rows; their gradients must add up in a fixed order. Advanced indexing
+    (``table[index]``) adds them with ``index_put_``, whose multi-threaded CPU kernel gave 30 different gradients in
+    30 runs at this size, so a seeded training run was not repeatable; ``index_select`` adds them in order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        rows, length, dim = 16, 24, 576
+        embeds = torch.randn(rows, length, dim, generator=generator)
+        mask = torch.zeros(rows, length, dtype=torch.bool)
+        mask[:, 2:22] = True  # 20 virtual tokens in every row, all rows of one task
+        prompt = torch.randn(20, dim, generator=generator, requires_grad=True)
+        upstream = torch.randn(rows, length, dim, generator=generator)
+        digests = set()
+        for _ in range(20):
+            prompt.grad = None
+            inject_prompts(embeds, mask, ["a"] * rows, {"a": prompt}).backward(upstream)
+            digests.add(prompt.grad.numpy().tobytes())
+    finally:
+        torch.set_num_threads(threads)
+    assert len(digests) == 1
