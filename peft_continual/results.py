@@ -35,6 +35,9 @@ class ResultRow:
     trainable_parameters: int | None = None
     stored_parameters: int | None = None
     base_parameters: int | None = None
+    per_class: dict[str, dict[str, float]] | None = None
+    """Classification: label -> ``gold``, ``predicted`` (generated answers) and ``recall``; shows a collapse onto one
+    class that accuracy hides."""
 
     @property
     def stored_percent(self) -> float | None:
@@ -54,7 +57,16 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
         outside = generation.get("num_intent_outside_label_set")
     restricted_main = restricted.get("accuracy", restricted.get("intent_accuracy"))
     examples = generation.get("num_examples", restricted.get("num_examples", 0))
-    return ResultRow(result.taskname, stage, main, restricted_main, slot_f1, outside, examples, **counts)
+    per_class = None
+    if "gold_per_class" in generation:
+        per_class = {
+            label: {"gold": gold, "predicted": generation["predicted_per_class"][label],
+                    "recall": generation["recall_per_class"].get(label)}
+            for label, gold in generation["gold_per_class"].items()
+        }  # fmt: skip
+    return ResultRow(
+        result.taskname, stage, main, restricted_main, slot_f1, outside, examples, **counts, per_class=per_class
+    )
 
 
 def _percent(value: float | None) -> str:
@@ -78,6 +90,18 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
     return "\n".join(lines)
 
 
+def per_class_table(rows: Sequence[ResultRow]) -> str:
+    """A Markdown table of the classification rows' classes: gold count, generated predictions, recall."""
+    lines = ["| task | stage | class | gold | predicted | recall % |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        for label, counts in (row.per_class or {}).items():
+            lines.append(
+                f"| {row.task} | {row.stage} | {label} | {counts['gold']} | {counts['predicted']} "
+                f"| {_percent(counts['recall'])} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a text file through a temporary sibling and ``os.replace``, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +120,9 @@ def write_results(output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[st
     payload = {"rows": [asdict(row) | {"stored_percent": row.stored_percent} for row in rows], **extra}
     write_atomic(output_dir / "results.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     notes = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
-    write_atomic(output_dir / "results.md", f"# {title}\n\n{markdown_table(rows)}\n\n{notes}\n")
+    classes = per_class_table(rows)
+    classes = f"\n\nPer class (generated answers):\n\n{classes}" if classes else ""
+    write_atomic(output_dir / "results.md", f"# {title}\n\n{markdown_table(rows)}{classes}\n\n{notes}\n")
 
 
 def evaluation_key(records: Sequence[TaskRecord], *inputs: Any) -> str:

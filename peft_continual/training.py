@@ -50,6 +50,7 @@ class ContinualTrainingArguments(TrainingArguments):
       and NeMo use 1e-3 to 1e-4).
     - ``warmup_steps=0.06``: 6% of the steps as linear warm-up.
     - ``logging_steps=10``, ``save_total_limit=2``.
+    - ``dataloader_pin_memory=False`` when training runs on the CPU (pinned memory only speeds up copies to a GPU).
 
     > Added
 
@@ -87,8 +88,10 @@ class ContinualTrainingArguments(TrainingArguments):
         self.precision_choice = choose_precision(self._requested_precision(), device_type(self.use_cpu))
         self.bf16 = self.precision_choice.precision is Precision.BF16
         self.fp16 = self.precision_choice.precision is Precision.FP16
-        if self.bf16 and self.precision_choice.device == "cpu":
-            self.use_cpu = True  # transformers refuses bf16 without a GPU unless use_cpu says the CPU is meant
+        if self.precision_choice.device == "cpu":
+            if self.bf16:
+                self.use_cpu = True  # transformers refuses bf16 without a GPU unless use_cpu says the CPU is meant
+            self.dataloader_pin_memory = False  # pinned memory only speeds up copies to a GPU (torch warns on CPU)
         _log_once(str(self.precision_choice))
         super().__post_init__()
 

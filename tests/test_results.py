@@ -3,6 +3,7 @@
 import json
 
 from peft_continual import TaskRecord
+from peft_continual.evaluation.metrics import classification_metrics
 from peft_continual.results import ResultRow, evaluation_key, markdown_table, read_saved_rows, save_rows
 
 RECORDS = [
@@ -42,3 +43,23 @@ def test_a_rows_file_without_a_key_is_not_trusted(tmp_path):
 def test_the_markdown_table_gives_percentages_and_the_share_of_the_base_model():
     line = markdown_table([ROW]).splitlines()[-1]
     assert line == "| sentiment | round 1 | 50.0 | 75.0 | - | 1 | 2 | 10 | 20 | 2.0000 |"
+
+
+LABELS = ["positive", "negative", "neutral"]
+
+
+def test_the_classes_of_a_classification_row_show_a_collapse_onto_one_class(tmp_path):
+    from peft_continual.evaluation.report import TaskResult
+    from peft_continual.evaluation.tasks import TaskKind
+    from peft_continual.results import per_class_table, result_row, write_results
+
+    generation = classification_metrics(["neutral"] * 4, ["neutral", "neutral", "negative", "positive"], LABELS)
+    result = TaskResult("sentiment_no", TaskKind.CLASSIFICATION, {"generation": generation})
+    row = result_row("round 2", result)
+    assert row.per_class["negative"] == {"gold": 1, "predicted": 0, "recall": 0.0}
+    assert row.per_class["neutral"] == {"gold": 2, "predicted": 4, "recall": 1.0}
+    assert "| sentiment_no | round 2 | neutral | 2 | 4 | 100.0 |" in per_class_table([row]).splitlines()
+    write_results(tmp_path, [row], {}, "t")
+    assert "Per class (generated answers)" in (tmp_path / "results.md").read_text()
+    save_rows(tmp_path / "rows.json", "k", [row])
+    assert read_saved_rows(tmp_path / "rows.json", "k") == [row]

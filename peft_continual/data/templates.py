@@ -91,6 +91,13 @@ class TaskTemplate:
         default=TruncationSide.RIGHT,
         metadata={"help": "End of `truncate_field` that loses tokens: `right` (NeMo's choice) or `left`."},
     )
+    init_text: str | None = field(
+        default=None,
+        metadata={
+            "help": "Text whose token embeddings the task's virtual tokens start from (repeated to fill them); "
+            "None: the adapter config's `init_text`, else the task name."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.virtual_token_splits = list(self.virtual_token_splits)
@@ -118,6 +125,8 @@ class TaskTemplate:
             raise self._error(f"total_virtual_tokens must be an integer, got {self.total_virtual_tokens!r}")
         if self.total_virtual_tokens < 0:
             raise self._error(f"total_virtual_tokens must be 0 or more, got {self.total_virtual_tokens}")
+        if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
+            raise self._error(f"init_text must be a non-empty string or None, got {self.init_text!r}")
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.virtual_token_splits):
             raise self._error(f"virtual_token_splits must be positive integers, got {self.virtual_token_splits!r}")
 
@@ -263,9 +272,12 @@ class TaskTemplate:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict that ``from_dict`` turns back into an equal template."""
+        """A JSON-serialisable dict that ``from_dict`` turns back into an equal template (``init_text`` only when
+        set, so templates written before it existed keep their dict)."""
         data = asdict(self)
         data["truncation_side"] = self.truncation_side.value
+        if data["init_text"] is None:
+            del data["init_text"]
         return data
 
     @classmethod

@@ -46,8 +46,9 @@ def classification_metrics(
         labels: the task's closed label set.
 
     Returns:
-        ``accuracy``, ``macro_f1``, ``f1_per_class`` ({label: F1}), ``num_examples``, ``num_correct``,
-        ``num_outside_label_set``.
+        ``accuracy``, ``macro_f1``, ``f1_per_class`` ({label: F1}), ``recall_per_class`` ({label: recall}, classes
+        present in the references), ``predicted_per_class`` and ``gold_per_class`` (counts: a model that collapses
+        onto one class shows it here), ``num_examples``, ``num_correct``, ``num_outside_label_set``.
 
     Example:
         >>> m = classification_metrics(["a", None, "b"], ["a", "b", "b"], labels=["a", "b", "c"])
@@ -66,15 +67,21 @@ def classification_metrics(
     pred = np.array([-1 if p is None else index[p] for p in predictions])  # -1: outside the label set
     correct = gold == pred
     per_class: dict[str, float] = {}
+    recall: dict[str, float] = {}
     for label, i in index.items():
         true_positives = int(np.sum(correct & (gold == i)))
         predicted, actual = int(np.sum(pred == i)), int(np.sum(gold == i))
         if predicted or actual:
             per_class[label] = _f1(true_positives, predicted, actual)
+        if actual:
+            recall[label] = true_positives / actual
     return {
         "accuracy": float(correct.mean()),
         "macro_f1": float(np.mean(list(per_class.values()))),
         "f1_per_class": per_class,
+        "recall_per_class": recall,
+        "predicted_per_class": {label: int(np.sum(pred == i)) for label, i in index.items()},
+        "gold_per_class": {label: int(np.sum(gold == i)) for label, i in index.items()},
         "num_examples": len(references),
         "num_correct": int(correct.sum()),
         "num_outside_label_set": int(np.sum(pred == -1)),

@@ -6,7 +6,7 @@ patches ``PeftModel.save_pretrained`` (atomic saves) and ``PeftModel.disable_ada
 """
 
 from peft_continual.prompting import peft_hooks
-from peft_continual.prompting.config import ContinualPromptConfig, EncoderType
+from peft_continual.prompting.config import ContinualPromptConfig, EncoderType, PromptInit
 from peft_continual.prompting.encoder import TaskPromptEncoder
 from peft_continual.prompting.fingerprint import check_fingerprint, fingerprint
 from peft_continual.prompting.injection import inject_prompts
@@ -22,6 +22,7 @@ __all__ = [
     "ContinualPromptConfig",
     "ContinualPromptModel",
     "EncoderType",
+    "PromptInit",
     "PromptTable",
     "TaskPromptEncoder",
     "check_fingerprint",

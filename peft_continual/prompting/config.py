@@ -31,6 +31,16 @@ class EncoderType(str, Enum):
     """Plain prompt tuning: each task owns a trainable ``(n, D)`` matrix."""
 
 
+class PromptInit(str, Enum):
+    """Where the virtual tokens of a task start."""
+
+    TEXT = "text"
+    """The embeddings of the task's init text; ``lstm``/``mlp`` learn a correction on top, zero at the start."""
+    RANDOM = "random"
+    """NeMo's p-tuning: the encoder's output alone, from inputs at ``nn.Embedding``'s scale; ``embedding``: the
+    embeddings of random vocabulary tokens. The behaviour of adapters saved before ``prompt_init`` existed."""
+
+
 DEFAULT_MAX_ENCODER_HIDDEN_SIZE = 256
 """``encoder_hidden_size=None`` resolves to ``min(base hidden size, this)``."""
 
@@ -48,12 +58,16 @@ class ContinualPromptConfig(PeftConfig):
             of 15.3M parameters, trains as fast and was as accurate or better (``docs/content/benchmarks.md``).
         encoder_num_layers: LSTM layers, or linear layers of the MLP.
         encoder_dropout: Dropout inside the encoder.
-        init_text: ``embedding`` only: text whose token embeddings initialise each task's rows.
+        prompt_init: ``text`` (default): each task's virtual tokens start as the token embeddings of its init text
+            (the template's ``init_text``, else this config's ``init_text``, else the task name, repeated to fill
+            them), and ``lstm``/``mlp`` learn a correction on top that is zero at the start; ``random``: NeMo's
+            encoder output alone (``embedding``: random vocabulary tokens). See ``TaskPromptEncoder``.
+        init_text: Init text of every task whose template has none (``prompt_init="text"``).
         tokenizer_name_or_path: Tokenizer for task names and ``init_text``; defaults to the base model's path.
         taskname_token_ids: Token ids of each task name (filled when the model is built).
         frozen_tasks: Tasks stored in the prompt table, with their token counts (filled by ``freeze_tasks``).
         training_tasks: Tasks trained by the encoder of the open round; default: every template not frozen.
-        init_text_token_ids: Token ids of ``init_text`` (filled when the model is built).
+        init_token_ids: Task name -> token ids of its init text (filled when the model is built).
         token_dim: The base model's hidden size ``D`` (filled when the model is built).
         base_model_fingerprint: Hidden size, vocabulary size and embedding hash of the base model the adapter was
             built on (filled when the model is built; checked whenever it is built again, e.g. on load).
@@ -85,8 +99,16 @@ class ContinualPromptConfig(PeftConfig):
     )
     encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers, or linear layers of the MLP."})
     encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout probability inside the encoder."})
+    prompt_init: PromptInit = field(
+        default=PromptInit.TEXT,
+        metadata={
+            "help": "`text`: virtual tokens start as the embeddings of each task's init text (lstm/mlp learn a "
+            "correction, zero at the start); `random`: NeMo's encoder output alone (embedding: random tokens)."
+        },
+    )
     init_text: str | None = field(
-        default=None, metadata={"help": "`embedding` only: text whose token embeddings initialise each task's rows."}
+        default=None,
+        metadata={"help": "Init text of every task whose template has none; None: the task name (prompt_init=text)."},
     )
     tokenizer_name_or_path: str | None = field(
         default=None,
@@ -98,8 +120,8 @@ class ContinualPromptConfig(PeftConfig):
         default_factory=dict,
         metadata={"help": "Token ids of each task name; the encoder's input is conditioned on them. Filled on build."},
     )
-    init_text_token_ids: list[int] | None = field(
-        default=None, metadata={"help": "Token ids of init_text; filled when the model is built."}
+    init_token_ids: dict[str, list[int]] = field(
+        default_factory=dict, metadata={"help": "Token ids of each task's init text; filled when the model is built."}
     )
     frozen_tasks: dict[str, int] = field(
         default_factory=dict, metadata={"help": "Tasks stored in the prompt table -> their number of virtual tokens."}
@@ -136,6 +158,12 @@ class ContinualPromptConfig(PeftConfig):
             raise ConfigError(
                 f"encoder_type={self.encoder_type!r} is not one of {allowed(e.value for e in EncoderType)}"
             ) from None
+        try:
+            self.prompt_init = PromptInit(self.prompt_init)
+        except ValueError:
+            raise ConfigError(
+                f"prompt_init={self.prompt_init!r} is not one of {allowed(p.value for p in PromptInit)}"
+            ) from None
         self._check_numbers()
         self._check_tasks()
         self.stacked_adapters = stacked_config_dicts(self.stacked_adapters)
@@ -158,10 +186,8 @@ class ContinualPromptConfig(PeftConfig):
             raise ConfigError(f"encoder_num_layers must be a positive integer, got {self.encoder_num_layers!r}")
         if not isinstance(self.encoder_dropout, (int, float)) or not 0 <= self.encoder_dropout < 1:
             raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
-        if self.init_text is not None and self.encoder_type != EncoderType.EMBEDDING:
-            raise ConfigError(
-                f"init_text is only used by encoder_type='embedding', not {self.encoder_type.value!r}; remove it"
-            )
+        if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
+            raise ConfigError(f"init_text must be a non-empty string or None, got {self.init_text!r}")
 
     def _check_tasks(self) -> None:
         by_name = check_unique_tasknames(self.task_templates())
@@ -205,24 +231,50 @@ class ContinualPromptConfig(PeftConfig):
 
     # ------------------------------------------------------------------ token ids
     def tokenize_tasknames(self, tokenizer: Any) -> ContinualPromptConfig:
-        """Fill ``taskname_token_ids`` (``lstm``/``mlp``) and ``init_text_token_ids`` with ``tokenizer``; returns ``self``.
+        """Fill ``taskname_token_ids`` (``lstm``/``mlp``) and ``init_token_ids`` of the tasks in training with
+        ``tokenizer``; returns ``self``.
 
-        The encoder is conditioned on the base model's embeddings of each task name, so the ids must come from the
-        base model's tokenizer. Ids already present are kept: a resumed round must see the same conditioning.
+        The encoder is conditioned on the base model's embeddings of each task name, and the prompts start from the
+        embeddings of each task's init text, so the ids must come from the base model's tokenizer. Ids already present
+        are kept: a resumed round must see the same conditioning.
         """
-        needs_names = self.encoder_type != EncoderType.EMBEDDING
-        for name in self.training_tasks if needs_names else ():
-            if name not in self.taskname_token_ids:
+        for name in self.training_tasks:
+            if self.encoder_type != EncoderType.EMBEDDING and name not in self.taskname_token_ids:
                 self.taskname_token_ids[name] = list(tokenizer(name, add_special_tokens=False)["input_ids"])
-        if self.init_text is not None and self.init_text_token_ids is None:
-            self.init_text_token_ids = list(tokenizer(self.init_text, add_special_tokens=False)["input_ids"])
+        self._init_ids_from_names()
+        for name in self._tasks_needing_init_ids():
+            ids = list(tokenizer(self.init_text_of(name), add_special_tokens=False)["input_ids"])
+            if not ids:
+                raise ConfigError(f"task {name!r}: its init text {self.init_text_of(name)!r} has no tokens")
+            self.init_token_ids[name] = ids
         return self
 
+    def init_text_of(self, taskname: str) -> str:
+        """The text a task's virtual tokens start from: its template's ``init_text``, the config's, or the task name."""
+        return self._explicit_init_text(taskname) or taskname
+
+    def _explicit_init_text(self, taskname: str) -> str | None:
+        template = next(t for t in self.templates if t["taskname"] == taskname)
+        return template.get("init_text") or self.init_text
+
+    def _tasks_needing_init_ids(self) -> list[str]:
+        if self.prompt_init != PromptInit.TEXT:
+            return []
+        return [name for name in self.training_tasks if name not in self.init_token_ids]
+
+    def _init_ids_from_names(self) -> None:
+        """A task whose init text is its name starts from its name's ids, when the encoder has them already."""
+        for name in self._tasks_needing_init_ids():
+            if self._explicit_init_text(name) is None and self.taskname_token_ids.get(name):
+                self.init_token_ids[name] = list(self.taskname_token_ids[name])
+
     def missing_token_ids(self) -> list[str]:
-        """What the encoder of the open round still needs token ids for (task names, or ``init_text``)."""
-        if self.encoder_type == EncoderType.EMBEDDING:
-            return ["init_text"] if self.init_text is not None and self.init_text_token_ids is None else []
-        return [name for name in self.training_tasks if name not in self.taskname_token_ids]
+        """What the encoder of the open round still needs token ids for (task names, or init texts)."""
+        self._init_ids_from_names()
+        names = [n for n in self.training_tasks if self.encoder_type != EncoderType.EMBEDDING]
+        missing = [name for name in names if name not in self.taskname_token_ids]
+        from_names = {name for name in missing if self._explicit_init_text(name) is None}  # the name's ids will do
+        return missing + [f"init text of {n}" for n in self._tasks_needing_init_ids() if n not in from_names]
 
     def resolve_token_ids(self, base_model_name_or_path: str | None, tokenizer: Any = None) -> None:
         """Make sure ``missing_token_ids()`` is empty, loading the tokenizer only if ids are missing.
@@ -236,6 +288,19 @@ class ContinualPromptConfig(PeftConfig):
         if tokenizer is None:
             tokenizer = _load_tokenizer(self.tokenizer_name_or_path or base_model_name_or_path, missing)
         self.tokenize_tasknames(tokenizer)
+
+    @classmethod
+    def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        """PEFT's hook for a config read from ``adapter_config.json``: one written before ``prompt_init`` existed keeps
+        the behaviour it was trained with (``random``; text for prompt tuning that had an ``init_text``)."""
+        kwargs = super().check_kwargs(**kwargs)
+        if "prompt_init" not in kwargs:
+            old_text_init = kwargs.get("encoder_type") == EncoderType.EMBEDDING.value and kwargs.get("init_text")
+            kwargs["prompt_init"] = PromptInit.TEXT.value if old_text_init else PromptInit.RANDOM.value
+        old_ids = kwargs.pop("init_text_token_ids", None)
+        if old_ids and "init_token_ids" not in kwargs:
+            kwargs["init_token_ids"] = {name: list(old_ids) for name in kwargs.get("training_tasks") or []}
+        return kwargs
 
 
 def _positive_int(value: Any) -> bool:

@@ -7,6 +7,13 @@ frozen base model's word embeddings of the task name. An LSTM (+ MLP head) or an
 their prompts apart; tasks may have different token counts. The ``embedding`` type is plain prompt tuning instead:
 one trainable ``(n_T, D)`` matrix per task.
 
+Where the prompts start (``start_rows``, the config's ``prompt_init="text"``): NeMo's encoder starts far from
+language. Its learned inputs are ``nn.Embedding``'s N(0, 1) rows (norm ~24 at width 576, against ~3.2 for
+SmolLM2's word embeddings), and its first outputs are nearly one vector for every position (mean cosine 0.90, norm
+~0.7). With ``start_rows`` each task's prompt is a trainable matrix that starts as the embeddings of a text (where
+prompt tuning starts) plus the encoder's output as a learned correction: the encoder's last layer starts at zero, so
+at step 0 the prompt *is* the text's embeddings, and its learned inputs start at the word embeddings' scale.
+
 The encoder runs once per task present in a batch (tasks with the same count in one call), never once per row, and
 always in float32, also inside ``torch.autocast`` (bf16/fp16 training): it is a few MB, its output is cast to the
 base model's dtype where the rows are placed, and ``torch.nn.LSTM`` has no bf16 kernel on CPUs without bf16
@@ -36,6 +43,10 @@ class TaskPromptEncoder(nn.Module):
         num_layers: LSTM layers (bidirectional), or linear layers of the MLP.
         dropout: Between LSTM layers; after each hidden ReLU of the MLP.
         init_rows: ``embedding`` only: task name -> initial ``(n_T, D)`` rows (default: standard normal).
+        start_rows: ``lstm``/``mlp``: task name -> ``(n_T, D)`` rows the prompt starts from (trained with the
+            encoder, which learns a correction on top, zero at the start); ``None``: NeMo's encoder, the prompt is the
+            encoder's output alone.
+        input_std: Standard deviation of the learned input rows (``lstm``/``mlp``); ``None``: ``nn.Embedding``'s 1.
 
     Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, D)`` float32.
 
@@ -56,6 +67,8 @@ class TaskPromptEncoder(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.0,
         init_rows: Mapping[str, torch.Tensor] | None = None,
+        start_rows: Mapping[str, torch.Tensor] | None = None,
+        input_std: float | None = None,
     ) -> None:
         super().__init__()
         self.encoder_type = EncoderType(encoder_type)
@@ -88,6 +101,15 @@ class TaskPromptEncoder(nn.Module):
             )
         else:
             self.head = _mlp(token_dim, hidden_size, num_layers, dropout)
+        if input_std is not None:
+            nn.init.normal_(self.input_embeddings.weight, std=input_std)
+        self.start_rows = None
+        if start_rows is not None:
+            self.start_rows = nn.ParameterDict(
+                {task_key(name): nn.Parameter(start_rows[name].detach().float().clone()) for name in self.counts}
+            )
+            nn.init.zeros_(self.head[-1].weight)  # the correction is zero at the start (the head ends in a Linear)
+            nn.init.zeros_(self.head[-1].bias)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -114,6 +136,8 @@ class TaskPromptEncoder(nn.Module):
             inputs = torch.stack([self._task_input(name, count, word_embeddings) for name in names])  # (G, n, D)
             outputs = self._encode(inputs)  # (G, n, D)
             prompts.update(zip(names, outputs.unbind(0), strict=True))
+        if self.start_rows is not None:
+            prompts = {name: self.start_rows[task_key(name)] + rows for name, rows in prompts.items()}
         return prompts
 
     def _task_input(self, taskname: str, count: int, word_embeddings: nn.Module) -> torch.Tensor:

@@ -22,7 +22,12 @@ import torch
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
-from peft_continual.prompting.config import DEFAULT_MAX_ENCODER_HIDDEN_SIZE, ContinualPromptConfig, EncoderType
+from peft_continual.prompting.config import (
+    DEFAULT_MAX_ENCODER_HIDDEN_SIZE,
+    ContinualPromptConfig,
+    EncoderType,
+    PromptInit,
+)
 from peft_continual.prompting.encoder import TaskPromptEncoder
 from peft_continual.prompting.fingerprint import check_fingerprint, fingerprint, name_or_path
 from peft_continual.prompting.injection import inject_prompts
@@ -84,6 +89,10 @@ class ContinualPromptModel(StackedAdaptersMixin, PeftTunerBase):
         config.resolve_token_ids(name_or_path(self.model), tokenizer)
         all_counts = config.token_counts()
         counts = {name: all_counts[name] for name in config.training_tasks}
+        embedding = config.encoder_type == EncoderType.EMBEDDING
+        text_init = config.prompt_init == PromptInit.TEXT
+        start = self._start_rows(config, counts) if text_init or embedding else None
+        weight = self._word_embeddings().weight
         encoder = TaskPromptEncoder(
             config.token_dim,
             counts,
@@ -92,21 +101,24 @@ class ContinualPromptModel(StackedAdaptersMixin, PeftTunerBase):
             hidden_size=config.encoder_hidden_size,
             num_layers=config.encoder_num_layers,
             dropout=config.encoder_dropout,
-            init_rows=self._init_rows(config, counts) if config.encoder_type == EncoderType.EMBEDDING else None,
+            init_rows=start if embedding else None,
+            start_rows=start if text_init and not embedding else None,
+            input_std=float(weight.detach().float().std()) if text_init and not embedding else None,
         )
-        encoder.to(self._word_embeddings().weight.device)
+        encoder.to(weight.device)
         encoder.requires_grad_(not config.inference_mode)
         getattr(self, ENCODER_ATTR)[adapter_name] = encoder
 
-    def _init_rows(self, config: ContinualPromptConfig, counts: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Prompt-tuning init: the embeddings of ``init_text`` (repeated to ``n_T``), or of random vocabulary ids."""
+    def _start_rows(self, config: ContinualPromptConfig, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Task name -> ``(n_T, D)`` embeddings of its init text's tokens, repeated to ``n_T`` (PEFT's TEXT init of
+        prompt tuning); with ``prompt_init="random"`` (prompt tuning only), of random vocabulary tokens."""
         embeddings = self._word_embeddings()
         device = embeddings.weight.device
         rows = {}
         for name, count in counts.items():
-            if config.init_text_token_ids:
-                ids = config.init_text_token_ids * math.ceil(count / len(config.init_text_token_ids))
-                ids_tensor = torch.tensor(ids[:count], device=device)
+            ids = config.init_token_ids.get(name)
+            if ids:
+                ids_tensor = torch.tensor((ids * math.ceil(count / len(ids)))[:count], device=device)
             else:
                 ids_tensor = torch.randint(embeddings.weight.shape[0], (count,), device=device)
             with torch.no_grad():

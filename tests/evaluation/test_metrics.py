@@ -26,6 +26,9 @@ def test_classification_hand_case():
     assert metrics["f1_per_class"] == pytest.approx({"positive": 2 / 3, "negative": 2 / 3, "neutral": 0.0})
     assert metrics["macro_f1"] == pytest.approx(4 / 9)
     assert (metrics["num_examples"], metrics["num_correct"], metrics["num_outside_label_set"]) == (4, 2, 1)
+    assert metrics["recall_per_class"] == {"positive": 1.0, "negative": 0.5, "neutral": 0.0}
+    assert metrics["predicted_per_class"] == {"positive": 2, "negative": 1, "neutral": 0}
+    assert metrics["gold_per_class"] == {"positive": 1, "negative": 2, "neutral": 1}
 
 
 def test_classes_absent_from_references_and_predictions_are_left_out_of_macro_f1():

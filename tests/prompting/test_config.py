@@ -7,6 +7,7 @@ import json
 import pytest
 from transformers import HfArgumentParser
 
+from peft_continual.data.templates import TaskTemplate
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError
 from peft_continual.prompting import PEFT_TYPE, ContinualPromptConfig, EncoderType
 from tests.conftest import SMOLLM2_TOKENIZER_DIR
@@ -61,7 +62,8 @@ def test_hf_argument_parser_builds_a_cli():
         ({"encoder_hidden_size": 0}, ConfigError, "encoder_hidden_size must be a positive integer"),
         ({"encoder_num_layers": 1.5}, ConfigError, "encoder_num_layers must be a positive integer"),
         ({"encoder_dropout": 1.0}, ConfigError, r"encoder_dropout must be in \[0, 1\)"),
-        ({"init_text": "hi"}, ConfigError, "init_text is only used by encoder_type='embedding'"),
+        ({"init_text": "  "}, ConfigError, "init_text must be a non-empty string or None"),
+        ({"prompt_init": "zeros"}, ConfigError, "prompt_init='zeros' is not one of 'random', 'text'"),
         ({"task_type": "SEQ_CLS"}, ConfigError, "task_type='SEQ_CLS' is not supported"),
         ({"frozen_tasks": {"other": 4}}, ConfigError, "frozen task 'other' has no template"),
         ({"frozen_tasks": {"sentiment": 3}}, ConfigError, "'sentiment' has 3 rows.*total_virtual_tokens=4"),
@@ -98,10 +100,34 @@ def test_resolve_token_ids_loads_the_tokenizer_only_when_needed():
     config = ContinualPromptConfig(templates=[TEMPLATE_A], tokenizer_name_or_path=str(SMOLLM2_TOKENIZER_DIR))
     config.resolve_token_ids(base_model_name_or_path=None)
     assert config.taskname_token_ids["sentiment"]
+    assert config.init_token_ids["sentiment"] == config.taskname_token_ids["sentiment"]  # its init text is its name
     embedding = ContinualPromptConfig(templates=[TEMPLATE_A], encoder_type="embedding", init_text="Classify it")
     embedding.resolve_token_ids(base_model_name_or_path=str(SMOLLM2_TOKENIZER_DIR))
-    assert embedding.init_text_token_ids and embedding.taskname_token_ids == {}
-    ContinualPromptConfig(templates=[TEMPLATE_A], encoder_type="embedding").resolve_token_ids(None)  # nothing needed
+    assert embedding.init_token_ids["sentiment"] and embedding.taskname_token_ids == {}
+    random = ContinualPromptConfig(templates=[TEMPLATE_A], encoder_type="embedding", prompt_init="random")
+    random.resolve_token_ids(None)  # nothing needed
+
+
+def test_each_task_starts_from_its_template_init_text_else_the_configs_else_its_name(smollm2_tokenizer):
+    own = TaskTemplate.from_dict({**TEMPLATE_A.to_dict(), "init_text": "Is this news good or bad?"})
+    config = ContinualPromptConfig(templates=[own, TEMPLATE_B], init_text="Classify the topic")
+    config.tokenize_tasknames(smollm2_tokenizer)
+    ids = lambda text: smollm2_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    assert config.init_token_ids == {"sentiment": ids("Is this news good or bad?"), "topic": ids("Classify the topic")}
+    plain = ContinualPromptConfig(templates=[TEMPLATE_B]).tokenize_tasknames(smollm2_tokenizer)
+    assert plain.init_token_ids == {"topic": ids("topic")} and plain.init_text_of("topic") == "topic"
+
+
+def test_a_config_saved_before_prompt_init_existed_keeps_its_behaviour(tmp_path):
+    """``adapter_config.json`` of the first release: no ``prompt_init``, prompt tuning's ids in ``init_text_token_ids``."""
+    for encoder_type, init_text, expected in [("lstm", None, "random"), ("embedding", "Classify it", "text")]:
+        config = ContinualPromptConfig(templates=[TEMPLATE_A], encoder_type=encoder_type, init_text=init_text)
+        saved = config.to_dict() | {"peft_type": "CONTINUAL_PROMPT", "init_text_token_ids": [5, 6]}
+        del saved["prompt_init"], saved["init_token_ids"]
+        (tmp_path / "adapter_config.json").write_text(json.dumps(saved, default=str))
+        loaded = ContinualPromptConfig.from_pretrained(tmp_path)
+        assert loaded.prompt_init.value == expected
+        assert loaded.init_token_ids == {"sentiment": [5, 6]}
 
 
 @pytest.mark.parametrize(

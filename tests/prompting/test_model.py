@@ -128,10 +128,22 @@ def test_rows_take_table_rows_or_encoder_rows_in_one_batch():
 
 @pytest.mark.parametrize("encoder_type", ["lstm", "mlp", "embedding"])
 def test_gradients_reach_every_encoder_parameter_and_nothing_else(encoder_type):
+    """With ``prompt_init="text"`` the encoder's last layer starts at zero, so at the first step only it and the start
+    rows get gradients (as LoRA's B matrix); after one optimizer step every parameter does."""
     model = make_peft_model(encoder_type=encoder_type).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     model(**make_batch(MIXED_ROWS)).loss.backward()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".continual_prompt_encoder.default." in name for name in trainable)
+    first = {name for name, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    if encoder_type == "embedding":  # plain prompt tuning: the rows are all there is
+        assert first == set(trainable)
+    else:
+        last = f".head.{len(model.prompt_encoder.head) - 1}."
+        assert first == {name for name in trainable if ".start_rows." in name or last in name}
+    optimizer.step()
+    optimizer.zero_grad()
+    model(**make_batch(MIXED_ROWS)).loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable.values())
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
@@ -245,3 +257,24 @@ def test_disable_adapter_context_keeps_adapters_that_were_already_disabled():
     with pytest.raises(RuntimeError, match="inside"), model.disable_adapter():
         raise RuntimeError("inside")
     assert model.has_active_enabled_adapter and model.base_model._adapters_enabled
+
+
+@pytest.mark.parametrize("encoder_type", ["lstm", "mlp", "embedding"])
+def test_at_initialisation_the_virtual_tokens_are_the_init_texts_embeddings(encoder_type):
+    """Where prompt tuning starts: each task's rows are its init text's token embeddings, repeated to fill them (the
+    ``sentiment`` init text has 3 tokens for 4 rows; ``topic`` starts from its name's ids)."""
+    model = make_peft_model(encoder_type=encoder_type, init_token_ids={"sentiment": [30, 31, 32]})
+    words = model.get_base_model().get_input_embeddings().weight
+    with torch.no_grad():
+        prompts = model.task_prompts()
+    assert torch.equal(prompts["sentiment"], words[[30, 31, 32, 30]])
+    assert torch.equal(prompts["topic"], words[[12] * 5])  # TASKNAME_IDS["topic"]
+
+
+def test_the_encoders_learned_inputs_start_at_the_word_embeddings_scale():
+    model = make_peft_model(encoder_type="lstm")
+    words = model.get_base_model().get_input_embeddings().weight
+    inputs = model.prompt_encoder.input_embeddings.weight
+    assert inputs.std().item() == pytest.approx(words.std().item(), rel=0.2)
+    old = make_peft_model(encoder_type="lstm", prompt_init="random").prompt_encoder
+    assert old.start_rows is None and old.input_embeddings.weight.std().item() == pytest.approx(1.0, rel=0.2)

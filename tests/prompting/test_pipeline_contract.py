@@ -33,7 +33,9 @@ def test_pipeline_batches_train_and_generate(smollm2_tokenizer, tiny_llama):
     model.train()
     loss = model(**train_batch).loss
     loss.backward()
-    assert torch.isfinite(loss) and model.prompt_encoder.head[0].weight.grad.abs().sum() > 0
+    encoder = model.prompt_encoder
+    assert torch.isfinite(loss) and encoder.head[-1].weight.grad.abs().sum() > 0  # the correction starts at zero
+    assert all(rows.grad.abs().sum() > 0 for rows in encoder.start_rows.values())
 
     model.eval()
     generate_batch = ContinualPromptCollator(pad, padding_side="left")(
