@@ -4,7 +4,8 @@ With an answer-only loss most positions of a batch carry the label ``-100``, yet
 vocabulary-sized logits (``L x V``; SmolLM2: ``V = 49152``, a fifth of the model's weights) at every position and
 backpropagates through all of them. Asking the model for the logits of the positions that predict a label
 (transformers' ``logits_to_keep`` with a tensor of positions) gives the same loss and gradients, and took a training
-step of the continual demo's round 1 to 0.76x its time (``bench/train_step_precision.py``, 2-core CPU, fp32).
+step of the continual demo's round 1 to 0.76x its time on a 2-core Intel Xeon, 0.89x with oneDNN and ATen capped
+to AVX2 (``bench/train_step_precision.py``, fp32).
 
 The kept positions are the union over the batch's rows (one index tensor for the whole batch), so a batch whose
 answers end at different columns keeps more of them; the saving is largest for short answers.
