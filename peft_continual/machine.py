@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
 """Environment variables that cap the instruction sets oneDNN and ATen use (to make a CPU behave like a smaller one)."""
 
 
