@@ -38,6 +38,8 @@ class ResultRow:
     per_class: dict[str, dict[str, float]] | None = None
     """Classification: label -> ``gold``, ``predicted`` (generated answers) and ``recall``; shows a collapse onto one
     class that accuracy hides."""
+    seed: int | None = None
+    """The training seed of this row's model, where one result of several seeds (``peft_continual.seed_summary``)."""
 
     @property
     def stored_percent(self) -> float | None:
@@ -74,16 +76,18 @@ def _percent(value: float | None) -> str:
 
 
 def markdown_table(rows: Sequence[ResultRow]) -> str:
-    """A Markdown table of the rows (accuracies in %)."""
+    """A Markdown table of the rows (accuracies in %); a seed column when some row has a seed."""
+    seeded = any(row.seed is not None for row in rows)
     lines = [
-        "| task | stage | generation acc. % | restricted acc. % | slot F1 % | outside label set | n "
-        "| trainable params | stored params | % of base |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| task | stage |{' seed |' if seeded else ''} generation acc. % | restricted acc. % | slot F1 % "
+        "| outside label set | n | trainable params | stored params | % of base |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeded else ""),
     ]
     for row in rows:
         stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
+        seed = f" {'-' if row.seed is None else row.seed} |" if seeded else ""
         lines.append(
-            f"| {row.task} | {row.stage} | {_percent(row.generation)} | {_percent(row.restricted)} "
+            f"| {row.task} | {row.stage} |{seed} {_percent(row.generation)} | {_percent(row.restricted)} "
             f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
             f"| {row.examples} | {row.trainable_parameters or '-'} | {row.stored_parameters or '-'} | {stored} |"
         )
@@ -115,14 +119,18 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_results(output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[str, Any], title: str) -> None:
-    """``results.json`` (rows + ``extra``) and ``results.md`` (title, table, ``extra`` notes) in ``output_dir``."""
+def write_results(
+    output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[str, Any], title: str, summary: str = ""
+) -> None:
+    """``results.json`` (rows + ``extra``) and ``results.md`` (title, ``summary`` (a Markdown block, e.g. means over
+    seeds), the rows' table, ``extra`` notes) in ``output_dir``."""
     payload = {"rows": [asdict(row) | {"stored_percent": row.stored_percent} for row in rows], **extra}
     write_atomic(output_dir / "results.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
     notes = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
     classes = per_class_table(rows)
     classes = f"\n\nPer class (generated answers):\n\n{classes}" if classes else ""
-    write_atomic(output_dir / "results.md", f"# {title}\n\n{markdown_table(rows)}{classes}\n\n{notes}\n")
+    table = f"{summary}\n\nEvery run:\n\n{markdown_table(rows)}" if summary else markdown_table(rows)
+    write_atomic(output_dir / "results.md", f"# {title}\n\n{table}{classes}\n\n{notes}\n")
 
 
 def evaluation_key(records: Sequence[TaskRecord], *inputs: Any) -> str:

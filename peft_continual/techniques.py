@@ -14,9 +14,13 @@ evaluation code. What each one trains and what the model reads:
 | ``qlora`` | LoRA (PEFT) on a 4-bit nf4 base (bitsandbytes) | the template's text |
 | ``full_fine_tuning`` | every weight of the base model | the template's text |
 | ``p_tuning+lora`` | the encoder and LoRA, in one ``PeftModel`` | the template |
+| ``peft_prompt_tuning`` | PEFT's ``PROMPT_TUNING``: free rows from the init text's embeddings | its rows, then the template's text |
+| ``peft_p_tuning`` | PEFT's ``P_TUNING``: its LSTM (or MLP) encoder on free input rows | its rows, then the template's text |
 
 Virtual tokens sit where the template's markers are, so prompt tuning and p-tuning differ only in how the rows are
-made (free parameters against an encoder's output); the text-only techniques read exactly the same text.
+made (free parameters against an encoder's output); the text-only techniques read exactly the same text. PEFT's own
+prompt learning is the reference implementation: it puts all its virtual tokens in front of the text, and is
+evaluated through ``PrependedPrompts`` (its logits aligned with the text; ``evaluation_model``).
 """
 
 from __future__ import annotations
@@ -42,27 +46,40 @@ TECHNIQUES = (
     "qlora",
     "full_fine_tuning",
     "p_tuning+lora",
+    "peft_prompt_tuning",
+    "peft_p_tuning",
 )
 UNTRAINED = ("zero_shot", "few_shot")
 WITH_VIRTUAL_TOKENS = ("prompt_tuning", "p_tuning", "p_tuning+lora")
+PEFT_PROMPT_LEARNING = ("peft_prompt_tuning", "peft_p_tuning")
+"""PEFT's prompt learning: virtual tokens prepended inside PEFT's ``forward``; the model reads the text-only template."""
 
 
 @dataclass
 class TechniqueArguments:
     """Settings of each technique; the shared budget (steps, batch, seed) is ``ContinualTrainingArguments``'."""
 
-    encoder_type: str = field(default="lstm", metadata={"help": "p-tuning's encoder: `lstm` (NeMo) or `mlp`."})
+    encoder_type: str = field(
+        default="lstm", metadata={"help": "p-tuning's encoder (ours and peft_p_tuning's): `lstm` (NeMo) or `mlp`."}
+    )
     encoder_hidden_size: int | None = field(
-        default=None, metadata={"help": "p-tuning's encoder width; None = model width, at most 256."}
+        default=None, metadata={"help": "p-tuning's encoder width (ours and PEFT's); None = model width, at most 256."}
     )
     prompt_tuning_init_text: str | None = field(
         default=None,
         metadata={
-            "help": "prompt_tuning: text whose token embeddings start the rows (PEFT's TEXT init); None: random."
+            "help": "prompt_tuning, peft_prompt_tuning: text whose token embeddings start the rows (PEFT's TEXT "
+            "init); None: the template's init_text, else random rows."
         },
     )
     prompt_tuning_learning_rate: float = field(
-        default=3e-2, metadata={"help": "prompt_tuning: peak learning rate of the rows (p-tuning uses learning_rate)."}
+        default=3e-2,
+        metadata={
+            "help": "prompt_tuning, peft_prompt_tuning: peak learning rate of the rows (p-tuning: learning_rate)."
+        },
+    )
+    peft_p_tuning_learning_rate: float = field(
+        default=3e-3, metadata={"help": "peft_p_tuning: peak learning rate of PEFT's encoder (ours: learning_rate)."}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (lora, qlora, p_tuning+lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
@@ -116,7 +133,10 @@ def load_technique_base(technique: str, model: str) -> tuple[Any, Any]:
 
 
 def build_technique(technique: str, base: nn.Module, template: TaskTemplate, tokenizer: Any, args: TechniqueArguments):
-    """The model one technique trains (and serves): a ``PeftModel``, or the base itself (untrained, full)."""
+    """The model one technique trains (and serves): a ``PeftModel``, or the base itself (untrained, full).
+
+    ``template`` is the task's own template, with its virtual tokens (their count sizes PEFT's prompt learning too).
+    """
     from peft import IA3Config, LoraConfig, get_peft_model
 
     from peft_continual.prompting.config import ContinualPromptConfig
@@ -130,6 +150,8 @@ def build_technique(technique: str, base: nn.Module, template: TaskTemplate, tok
     )
     if technique in ("lora", "qlora"):
         return get_peft_model(base, lora)
+    if technique in PEFT_PROMPT_LEARNING:
+        return get_peft_model(base, peft_prompt_learning_config(technique, base, template, tokenizer, args))
     if technique == "ia3":
         ia3 = IA3Config(
             task_type="CAUSAL_LM",
@@ -149,6 +171,43 @@ def build_technique(technique: str, base: nn.Module, template: TaskTemplate, tok
     return get_peft_model(base, config.tokenize_tasknames(tokenizer))
 
 
+def peft_prompt_learning_config(technique: str, base: nn.Module, template: TaskTemplate, tokenizer: Any, args):
+    """PEFT's ``PromptTuningConfig`` (TEXT init from the init text, else RANDOM) or ``PromptEncoderConfig`` (the same
+    encoder kind and width as our p-tuning), with the template's number of virtual tokens."""
+    from peft import PromptEncoderConfig, PromptTuningConfig
+
+    count = template.total_virtual_tokens
+    if technique == "peft_prompt_tuning":
+        text = args.prompt_tuning_init_text or template.init_text
+        return PromptTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=count,
+            prompt_tuning_init="TEXT" if text else "RANDOM",
+            prompt_tuning_init_text=text,
+            tokenizer_name_or_path=tokenizer.name_or_path if text else None,
+        )
+    if args.encoder_type not in ("lstm", "mlp"):
+        raise ConfigError(f"peft_p_tuning has an `lstm` or `mlp` encoder, got encoder_type={args.encoder_type!r}")
+    from peft_continual.prompting.config import DEFAULT_MAX_ENCODER_HIDDEN_SIZE
+
+    width = args.encoder_hidden_size or min(base.config.hidden_size, DEFAULT_MAX_ENCODER_HIDDEN_SIZE)
+    return PromptEncoderConfig(
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=count,
+        encoder_reparameterization_type=args.encoder_type.upper(),
+        encoder_hidden_size=width,
+    )
+
+
+def evaluation_model(technique: str, model: nn.Module) -> nn.Module:
+    """The model evaluation runs: PEFT's prompt learning through ``PrependedPrompts``, any other model as it is."""
+    if technique in PEFT_PROMPT_LEARNING:
+        from peft_continual.evaluation.prepended_prompts import PrependedPrompts
+
+        return PrependedPrompts(model)
+    return model
+
+
 def technique_param_groups(technique: str, model: nn.Module, args: TechniqueArguments, prompt_lr: float) -> list[dict]:
     """Optimizer groups: prompts at their rate (``prompt_lr`` for p-tuning), adapters or base weights at theirs."""
     from peft_continual.stacking import param_groups
@@ -159,6 +218,8 @@ def technique_param_groups(technique: str, model: nn.Module, args: TechniqueArgu
         "qlora": args.lora_learning_rate,
         "ia3": args.ia3_learning_rate,
         "full_fine_tuning": args.full_learning_rate,
+        "peft_prompt_tuning": args.prompt_tuning_learning_rate,
+        "peft_p_tuning": args.peft_p_tuning_learning_rate,
     }
     if technique in rates:
         return [{"params": trainable, "lr": rates[technique]}]
@@ -186,6 +247,9 @@ def stored_parameters(technique: str, model: nn.Module, taskname: str) -> int:
         return 0
     if technique == "full_fine_tuning":
         return count_parameters(model)
+    if technique in PEFT_PROMPT_LEARNING:  # PEFT saves the prompt rows alone (p-tuning: the encoder's output)
+        config = model.active_peft_config
+        return config.num_virtual_tokens * config.token_dim
     adapter = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n or "ia3_" in n)
     if technique in WITH_VIRTUAL_TOKENS:
         adapter += model.prompt_table.counts()[taskname] * model.prompt_table.token_dim

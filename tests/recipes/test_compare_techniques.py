@@ -31,6 +31,8 @@ WITHOUT_QLORA = [
     "ia3",
     "full_fine_tuning",
     "p_tuning+lora",
+    "peft_prompt_tuning",
+    "peft_p_tuning",
 ]
 
 
@@ -38,7 +40,8 @@ def run_recipe(tmp_path, model_dir, output_dir, data_dir, techniques=WITHOUT_QLO
     (tmp_path / "tasks.yaml").write_text(TASKS)
     flags = ["--config", str(CONFIG), "--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(data_dir)]
     flags += ["--model", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "3", "--encoder_type", "mlp"]
-    flags += ["--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--techniques", *techniques, *extra]
+    flags += ["--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seeds", "0"]  # extra may override
+    flags += ["--techniques", *techniques, *extra]
     return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
 
 
@@ -57,8 +60,38 @@ def test_every_technique_is_evaluated_on_the_same_records(tmp_path, tiny_model_d
     assert by_name["p_tuning+lora"].stored_parameters == 4 * 32 + lora
     assert 0 < by_name["ia3"].stored_parameters < lora
     assert by_name["full_fine_tuning"].trainable_parameters == by_name["full_fine_tuning"].stored_parameters == base
+    # PEFT's own prompt learning: 4 virtual tokens in front, stored as 4 rows (its p-tuning: the encoder's output)
+    assert (
+        by_name["peft_prompt_tuning"].trainable_parameters == by_name["peft_prompt_tuning"].stored_parameters == 4 * 32
+    )
+    assert by_name["peft_p_tuning"].stored_parameters == 4 * 32 < by_name["peft_p_tuning"].trainable_parameters
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [row["stage"] for row in results["rows"]] == WITHOUT_QLORA
+
+
+@pytest.mark.slow
+def test_every_trained_technique_runs_with_each_seed_and_the_table_gives_mean_and_std(
+    tmp_path, tiny_model_dir, shared_data
+):
+    techniques = ["zero_shot", "p_tuning", "peft_prompt_tuning"]
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, techniques, "--seeds", "3", "4")
+    assert [(row.stage, row.seed) for row in rows] == [
+        ("zero_shot", 3), ("p_tuning", 3), ("p_tuning", 4), ("peft_prompt_tuning", 3), ("peft_prompt_tuning", 4)
+    ]  # fmt: skip
+    tables = [
+        (tmp_path / "out" / name / f"seed_{seed}" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+        for name, seed in [("p_tuning", 3), ("p_tuning", 4)]
+    ]
+    assert tables[0].read_bytes() != tables[1].read_bytes()  # another seed, another model
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    over = {summary["stage"]: summary for summary in results["over_seeds"]}
+    assert over["zero_shot"]["seeds"] == [3] and over["zero_shot"]["generation_std"] is None
+    p_tuning = [row["generation"] for row in results["rows"] if row["stage"] == "p_tuning"]
+    assert over["p_tuning"]["seeds"] == [3, 4]
+    assert over["p_tuning"]["generation_mean"] == pytest.approx(sum(p_tuning) / 2)
+    assert over["p_tuning"]["generation_std"] == pytest.approx(abs(p_tuning[0] - p_tuning[1]) / 2**0.5)
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "mean ± std" in markdown and "| sentiment | p_tuning | 3, 4 |" in markdown
 
 
 @pytest.mark.slow
