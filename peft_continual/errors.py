@@ -19,11 +19,13 @@ class TemplateError(PeftContinualError):
 
 
 class DuplicateTaskError(PeftContinualError):
-    """Two templates, or a template and a frozen table entry, share a task name."""
+    """Two templates (of a config or a ``PromptTokenizer``), two task evaluations, or a template and a frozen table
+    entry share a task name."""
 
 
 class RecordError(PeftContinualError):
-    """A record cannot be read or does not fit its task's template."""
+    """A record cannot be read or does not fit its task's template, or a batch is malformed (empty; ``tasknames`` not
+    a list of one task name per row, e.g. a single string)."""
 
 
 class UnknownTaskError(RecordError):

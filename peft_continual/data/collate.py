@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from peft_continual.data.tokenize import IGNORE_INDEX, TokenizedExample
-from peft_continual.errors import PeftContinualError, allowed
+from peft_continual.errors import PeftContinualError, RecordError, allowed
 
 
 class PaddingSide(str, Enum):
@@ -59,6 +59,8 @@ class ContinualPromptCollator:
 
     def __call__(self, features: Sequence[TokenizedExample | Mapping[str, Any]]) -> dict[str, Any]:
         rows = [f.to_dict() if isinstance(f, TokenizedExample) else f for f in features]
+        if not rows:
+            raise RecordError("cannot collate an empty batch: give the collator at least one example")
         length = max(len(row["input_ids"]) for row in rows)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of

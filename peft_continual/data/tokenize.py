@@ -16,7 +16,7 @@ from typing import Any
 
 from peft_continual.data.records import TaskRecord, template_for
 from peft_continual.data.templates import Piece, TaskTemplate, TextPiece, TruncationSide, VirtualSlot
-from peft_continual.errors import PeftContinualError, RecordTooLongError, allowed
+from peft_continual.errors import DuplicateTaskError, PeftContinualError, RecordTooLongError, allowed
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,13 @@ class PromptTokenizer:
         placeholder_token_id: int | None = None,
     ) -> None:
         self.tokenizer = tokenizer
+        names = [template.taskname for template in templates]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DuplicateTaskError(
+                f"task name(s) {repeated} have more than one template: a record selects its template by task name, so "
+                "each task needs exactly one"
+            )
         self.templates = {template.taskname: template for template in templates}
         self.max_length = max_length
         self.add_eos = add_eos

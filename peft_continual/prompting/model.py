@@ -233,6 +233,15 @@ class ContinualPromptModel(StackedAdaptersMixin, PeftTunerBase):
             if input_ids is None:
                 raise RecordError("batch has neither input_ids nor inputs_embeds")
             inputs_embeds = self._word_embeddings()(input_ids)
+        if isinstance(tasknames, str) or not all(isinstance(name, str) for name in tasknames):
+            raise RecordError(
+                f"tasknames must be a list of task names, one per row, got {tasknames!r}"
+                + (
+                    f"; for one task in every row write [{tasknames!r}] * batch_size"
+                    if isinstance(tasknames, str)
+                    else ""
+                )
+            )
         if not self._prompts_active:
             return inputs_embeds
         tasknames = list(tasknames)

@@ -53,3 +53,8 @@ def test_plain_text_batches_leave_out_the_virtual_token_keys():
 def test_plain_text_batches_refuse_rows_with_virtual_tokens_naming_the_task():
     with pytest.raises(PeftContinualError, match=r"task\(s\) \['a', 'b'\] have virtual tokens"):
         ContinualPromptCollator(pad_token_id=0, virtual_tokens=False)(EXAMPLES)
+
+
+def test_an_empty_batch_is_refused_with_our_error():
+    with pytest.raises(PeftContinualError, match="cannot collate an empty batch"):
+        ContinualPromptCollator(pad_token_id=2)([])

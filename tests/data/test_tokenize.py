@@ -124,3 +124,11 @@ def test_unknown_task_is_reported_at_tokenization(smollm2_tokenizer):
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [THREE_MARKERS])
     with pytest.raises(UnknownTaskError, match=r"x\.jsonl:4: unknown task 'trec'; known tasks: 'intent_and_slot'"):
         prompt_tokenizer(TaskRecord("trec", {}, "x.jsonl:4"))
+
+
+def test_two_templates_with_one_task_name_are_refused(smollm2_tokenizer):
+    from peft_continual.errors import DuplicateTaskError
+
+    other = THREE_MARKERS.without_virtual_tokens()
+    with pytest.raises(DuplicateTaskError, match=r"\['intent_and_slot'\] have more than one template"):
+        PromptTokenizer(smollm2_tokenizer, [THREE_MARKERS, other])

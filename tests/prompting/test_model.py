@@ -278,3 +278,13 @@ def test_the_encoders_learned_inputs_start_at_the_word_embeddings_scale():
     assert inputs.std().item() == pytest.approx(words.std().item(), rel=0.2)
     old = make_peft_model(encoder_type="lstm", prompt_init="random").prompt_encoder
     assert old.start_rows is None and old.input_embeddings.weight.std().item() == pytest.approx(1.0, rel=0.2)
+
+
+def test_tasknames_given_as_one_string_are_refused_with_the_fix():
+    model = make_peft_model("llama", taskname_token_ids=dict(TASKNAME_IDS)).eval()
+    batch = make_batch([MIXED_ROWS[0]])
+    batch.pop("labels", None)
+    with pytest.raises(RecordError, match=r"got 'sentiment'; for one task in every row write \['sentiment'\]"):
+        model.generate(**{**batch, "tasknames": "sentiment"}, max_new_tokens=1)
+    with pytest.raises(RecordError, match="tasknames must be a list of task names"):
+        model(**{**batch, "tasknames": [7]})
