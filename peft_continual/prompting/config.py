@@ -7,12 +7,16 @@ It is a plain ``PeftConfig`` whose fields all survive ``save_pretrained``/``from
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from peft import PeftConfig
+from peft.utils import CONFIG_NAME
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
@@ -300,7 +304,33 @@ class ContinualPromptConfig(PeftConfig):
         old_ids = kwargs.pop("init_text_token_ids", None)
         if old_ids and "init_token_ids" not in kwargs:
             kwargs["init_token_ids"] = {name: list(old_ids) for name in kwargs.get("training_tasks") or []}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            named = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(
+                f"unknown field(s) {', '.join(named)} in a {PEFT_TYPE.value} config: fix the name, or, if a newer "
+                "peft-continual wrote it, upgrade peft-continual (PEFT alone would drop the field silently)"
+            )
         return kwargs
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
+        """PEFT's loading of ``adapter_config.json``, with this library's errors: a file that is not JSON (damaged,
+        cut short) or holds an unknown field is refused with the file's path, never half-read."""
+        file = Path(pretrained_model_name_or_path, subfolder or "", CONFIG_NAME)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        except json.JSONDecodeError as error:
+            raise ConfigError(
+                f"{file}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): the file is "
+                "damaged or cut short; save the adapter again, or restore the file"
+            ) from None
+        except ConfigError as error:
+            raise ConfigError(f"{file}: {error}") from None
 
 
 def _positive_int(value: Any) -> bool:
