@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from peft_continual.smollm2_wheel import GGUF_FILE, INSTALL_HINT, EmbeddedModelError, gguf_folder
+from peft_continual.staging import remove_abandoned_staging, staging_name
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -141,8 +141,8 @@ def _build_atomically(target: Path) -> None:
     same cache first, its copy is kept and ours is discarded.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(target)
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned_staging(target.parent, f".{target.name}.partial-")  # ~540 MB each
+    staging = target.parent / staging_name(f".{target.name}.partial-")
     staging.mkdir()  # not mkdtemp: its 0700 mode would stick to the cache after the rename
     try:
         _write_model(staging)
@@ -153,27 +153,6 @@ def _build_atomically(target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _remove_abandoned_staging(target: Path) -> None:
-    """Delete staging folders (~540 MB each) left by builds that were killed before they could clean up."""
-    for staging in target.parent.glob(f".{target.name}.partial-*"):
-        pid = staging.name.removeprefix(f".{target.name}.partial-").split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    """Say whether process `pid` may still be running; on Windows always yes, as signal 0 there is Ctrl+C."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # alive but not ours (PermissionError), or a platform without signal 0
-        return True
-    return True
 
 
 def _write_model(folder: Path) -> None:

@@ -37,7 +37,6 @@ import functools
 import inspect
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from torch import nn
 
 from peft_continual.errors import ConfigError
 from peft_continual.prompting.stacking_hooks import stacked_state_keys
+from peft_continual.staging import remove_abandoned_staging, staging_name
 
 METHOD_NAME = "continual_prompt"
 """Name of the method as PEFT knows it (``register_peft_method(name=...)``); ``PeftType`` member is its upper case."""
@@ -276,7 +276,8 @@ def _staging_folder(target: Path) -> Iterator[Path]:
     """
     created = not target.is_dir()
     target.mkdir(parents=True, exist_ok=True)
-    staging = target / f"{STAGING_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_abandoned_staging(target, STAGING_PREFIX)  # left by saves that were killed
+    staging = target / staging_name(STAGING_PREFIX)
     staging.mkdir()
     try:
         if (target / "README.md").is_file():  # PEFT updates an existing model card instead of replacing it

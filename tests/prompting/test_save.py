@@ -156,3 +156,19 @@ def test_lora_save_is_left_as_peft_writes_it(tmp_path, monkeypatch):
         lora_model().save_pretrained(tmp_path)
     assert (tmp_path / "adapter_model.safetensors").read_bytes() == b"\x00" * 8
     assert sorted(os.listdir(tmp_path)) == ["README.md", "adapter_model.safetensors"]
+
+
+def test_a_save_removes_staging_folders_of_killed_saves_but_not_of_running_ones(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "table"
+    abandoned = target / f"{peft_hooks.STAGING_PREFIX}{dead.pid}-0000"
+    running = target / f"{peft_hooks.STAGING_PREFIX}{os.getpid()}-0000"  # another save of a live process
+    for folder in (abandoned, running):
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 8)
+    frozen_model().save_pretrained(target)
+    assert sorted(os.listdir(target)) == sorted([*FILES, running.name])
