@@ -49,6 +49,11 @@ class PreflightError(PeftContinualError):
     machine, before any long work; the message names the stage, the device and precision, and the cause."""
 
 
+class AdapterFileError(PeftContinualError):
+    """A file of a saved adapter is missing, damaged, cut short, or a pickle (never opened); the message names the file
+    and what to do."""
+
+
 class TableMismatchError(PeftContinualError):
     """A prompt table was trained on a different base model than the one it is being loaded into."""
 

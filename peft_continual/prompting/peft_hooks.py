@@ -16,12 +16,15 @@ a name that is not one of its members. The route used here (checked on PEFT 0.21
 State attribute names start with the method prefix and hold one entry per adapter name (``continual_prompt_table
 .default...``), because ``PeftModel.load_adapter`` reports a missing key only when it contains both.
 
-Two methods of ``PeftModel`` itself are wrapped (``patch_peft_model``); both leave every other PEFT method untouched:
+Three methods of ``PeftModel`` itself are wrapped (``patch_peft_model``); they leave every other PEFT method
+untouched:
 
 4. ``save_pretrained`` writes into a staging folder and moves each file into place with ``os.replace``, so a save
    that fails midway leaves the previous files whole (PEFT writes straight into the target);
 5. ``disable_adapter`` switches the tuner off and on (PEFT's version looks for adapter layers, and this tuner
-   injects none, so it raises "No adapter layers found").
+   injects none, so it raises "No adapter layers found");
+5b. ``load_adapter`` checks a local folder of this method first (``safe_load``: safetensors only, damaged files
+   refused with their path), since PEFT falls back to ``torch.load`` of a pickle.
 
 LoRA/IA3 stacked under the prompts (``peft_continual.stacking``) use PEFT's own tuner on the same base model; the
 hooks that build and drive it are in the sibling module ``stacking_hooks``. Here:
@@ -53,6 +56,7 @@ from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
 
 from peft_continual.errors import ConfigError
+from peft_continual.prompting.safe_load import check_adapter_weights, local_adapter_folder, read_adapter_config
 from peft_continual.prompting.stacking_hooks import stacked_state_keys
 from peft_continual.staging import remove_abandoned_staging, staging_name
 
@@ -244,6 +248,9 @@ peft_save_pretrained = _peft_method("save_pretrained")
 peft_disable_adapter = _peft_method("disable_adapter")
 """PEFT's ``PeftModel.disable_adapter``, unwrapped."""
 
+peft_load_adapter = _peft_method("load_adapter")
+"""PEFT's ``PeftModel.load_adapter``, unwrapped."""
+
 _SAVE_SIGNATURE = inspect.signature(peft_save_pretrained)
 
 
@@ -296,6 +303,16 @@ def _staging_folder(target: Path) -> Iterator[Path]:
             target.rmdir()
 
 
+@functools.wraps(peft_load_adapter, assigned=("__name__", "__qualname__"))
+def load_adapter(self: PeftModel, model_id: str | os.PathLike, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+    """PEFT's ``load_adapter``; a local folder of this method is checked first (``safe_load``): safetensors only,
+    never a pickle, and a damaged file refused with its path before anything is loaded."""
+    folder = local_adapter_folder(model_id, kwargs.get("subfolder"))
+    if folder is not None and read_adapter_config(folder).get("peft_type") == PEFT_TYPE.value:
+        check_adapter_weights(folder)
+    return peft_load_adapter(self, model_id, adapter_name, *args, **kwargs)
+
+
 @contextlib.contextmanager
 def disable_adapter(self: PeftModel) -> Iterator[None]:
     """``with model.disable_adapter():`` runs the plain base model; the prompts are back after the block.
@@ -320,9 +337,11 @@ def disable_adapter(self: PeftModel) -> Iterator[None]:
 
 
 def patch_peft_model() -> None:
-    """Install ``save_pretrained`` and ``disable_adapter`` on ``PeftModel`` (and so on its subclasses); idempotent."""
+    """Install ``save_pretrained``, ``load_adapter`` and ``disable_adapter`` on ``PeftModel`` (and so on its
+    subclasses); idempotent."""
     for name, hook, original in (
         ("save_pretrained", save_pretrained, peft_save_pretrained),
+        ("load_adapter", load_adapter, peft_load_adapter),
         ("disable_adapter", disable_adapter, peft_disable_adapter),
     ):
         setattr(hook, _ORIGINAL, original)

@@ -1,0 +1,85 @@
+"""What an adapter folder of this method must hold before PEFT reads it: a readable ``adapter_config.json`` and
+weights in safetensors, never a pickle.
+
+PEFT's ``load_adapter`` falls back to ``adapter_model.bin`` (a torch pickle, read with ``torch.load``) when a folder
+has no safetensors file, and passes a damaged file's raw ``SafetensorError`` ("header too large", "incomplete
+metadata") up without its path. For adapters of this method, ``PeftModel.load_adapter`` (and so
+``PeftModel.from_pretrained``, ``AutoPeftModel*`` and Trainer's best-checkpoint load, which call it) first checks a
+local folder here: a pickle is never opened whatever its name, and a damaged file is refused with its path and what
+to do, before anything is loaded into the model. Folders on the Hub are downloaded and read by PEFT as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from safetensors import SafetensorError, safe_open
+
+from peft_continual.errors import AdapterFileError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+"""Files a torch pickle is usually saved as; none of them is ever opened here."""
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle (protocol >= 2), or torch.save's zip archive
+
+
+def local_adapter_folder(model_id: str | os.PathLike, subfolder: str | None = None) -> Path | None:
+    """The adapter's folder on this machine, or ``None`` for a Hub repository id."""
+    folder = Path(model_id, subfolder or "")
+    return folder if folder.is_dir() else None
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """The folder's ``adapter_config.json`` as a dict; a missing or damaged file gets our error with its path."""
+    path = folder / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterFileError(
+            f"{folder}: no {CONFIG_NAME}; is this an adapter folder (save_pretrained writes one)?"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AdapterFileError(
+            f"{path}: not valid JSON ({error}): the file is damaged or cut short; save the adapter again, or restore "
+            "the file"
+        ) from None
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path}: holds a {type(data).__name__}, not a JSON object of config fields")
+    return data
+
+
+def check_adapter_weights(folder: Path) -> list[str]:
+    """Refuse a folder whose weights are not a readable safetensors file; return the tensor names it holds.
+
+    Only the file's header is read (names, dtypes, shapes, offsets), which safetensors checks against the file's
+    size: a truncated, empty or foreign file fails here.
+    """
+    path = folder / SAFETENSORS_WEIGHTS_NAME
+    if not path.is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        hint = (
+            f"; {pickles} would be torch pickles, which this library never opens (unpickling can run code): make a "
+            f"{SAFETENSORS_WEIGHTS_NAME} from them where you trust their source (safetensors.torch.save_file)"
+            if pickles
+            else ""
+        )
+        raise AdapterFileError(f"{folder}: no {SAFETENSORS_WEIGHTS_NAME}{hint}")
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if any(start.startswith(magic) for magic in _PICKLE_MAGIC):
+        raise AdapterFileError(
+            f"{path}: a torch pickle renamed to .safetensors, which this library never opens (unpickling can run "
+            "code); save the adapter again with save_pretrained"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            return list(weights.keys())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise AdapterFileError(
+            f"{path}: not a readable safetensors file ({error}): the file is damaged, cut short or of another format; "
+            "save the adapter again, or restore the file"
+        ) from None
