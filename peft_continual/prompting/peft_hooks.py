@@ -56,7 +56,12 @@ from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
 
 from peft_continual.errors import ConfigError
-from peft_continual.prompting.safe_load import check_adapter_weights, local_adapter_folder, read_adapter_config
+from peft_continual.prompting.safe_load import (
+    check_adapter_weights,
+    check_table_shapes,
+    local_adapter_folder,
+    read_adapter_config,
+)
 from peft_continual.prompting.stacking_hooks import stacked_state_keys
 from peft_continual.staging import remove_abandoned_staging, staging_name
 
@@ -306,10 +311,12 @@ def _staging_folder(target: Path) -> Iterator[Path]:
 @functools.wraps(peft_load_adapter, assigned=("__name__", "__qualname__"))
 def load_adapter(self: PeftModel, model_id: str | os.PathLike, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
     """PEFT's ``load_adapter``; a local folder of this method is checked first (``safe_load``): safetensors only,
-    never a pickle, and a damaged file refused with its path before anything is loaded."""
+    never a pickle, a damaged file refused with its path, table shapes as the config says, before anything is
+    loaded."""
     folder = local_adapter_folder(model_id, kwargs.get("subfolder"))
-    if folder is not None and read_adapter_config(folder).get("peft_type") == PEFT_TYPE.value:
-        check_adapter_weights(folder)
+    config = read_adapter_config(folder) if folder is not None else {}
+    if config.get("peft_type") == PEFT_TYPE.value:
+        check_table_shapes(folder, config, check_adapter_weights(folder))
     return peft_load_adapter(self, model_id, adapter_name, *args, **kwargs)
 
 

@@ -52,8 +52,8 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def check_adapter_weights(folder: Path) -> list[str]:
-    """Refuse a folder whose weights are not a readable safetensors file; return the tensor names it holds.
+def check_adapter_weights(folder: Path) -> dict[str, list[int]]:
+    """Refuse a folder whose weights are not a readable safetensors file; return each tensor's name and shape.
 
     Only the file's header is read (names, dtypes, shapes, offsets), which safetensors checks against the file's
     size: a truncated, empty or foreign file fails here.
@@ -77,9 +77,41 @@ def check_adapter_weights(folder: Path) -> list[str]:
         )
     try:
         with safe_open(str(path), framework="pt") as weights:
-            return list(weights.keys())
+            return {name: list(weights.get_slice(name).get_shape()) for name in weights.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
         raise AdapterFileError(
             f"{path}: not a readable safetensors file ({error}): the file is damaged, cut short or of another format; "
             "save the adapter again, or restore the file"
         ) from None
+
+
+TABLE_KEY = "continual_prompt_table.task:"
+"""What the saved name of a task's table rows holds, before the task name (PEFT adds its module prefix in front)."""
+
+
+def check_table_shapes(folder: Path, config: dict[str, Any], shapes: dict[str, list[int]]) -> None:
+    """Refuse weights whose table rows do not match the config: every frozen task's rows ``(n_T, token_dim)`` as
+    ``frozen_tasks`` and ``token_dim`` say, and no rows of a task the config does not list (checked before
+    ``load_state_dict``, which would fail half-way with a raw size-mismatch error)."""
+    path, config_path = folder / SAFETENSORS_WEIGHTS_NAME, folder / CONFIG_NAME
+    rows = {name.split(TABLE_KEY, 1)[1]: shape for name, shape in shapes.items() if TABLE_KEY in name}
+    frozen, width = config.get("frozen_tasks") or {}, config.get("token_dim")
+    missing = sorted(set(frozen) - set(rows))
+    if missing:
+        raise AdapterFileError(
+            f"{path}: holds no rows for task(s) {missing}, which {config_path} lists as frozen: the weights and the "
+            "config come from different saves; save the adapter again"
+        )
+    extra = sorted(set(rows) - set(frozen))
+    if extra:
+        raise AdapterFileError(
+            f"{path}: holds rows for task(s) {extra}, which {config_path} does not list: the weights and the config "
+            "come from different saves; save the adapter again"
+        )
+    for task, count in frozen.items():
+        if rows[task] != [count, width]:
+            raise AdapterFileError(
+                f"{path}: the rows of task {task!r} have shape {rows[task]}, but {config_path} says {count} virtual "
+                f"tokens of width {width}: the weights and the config come from different saves; save the adapter "
+                "again"
+            )

@@ -98,3 +98,32 @@ def test_other_methods_keep_pefts_loading(tmp_path):
     loaded_weights = {k: v for k, v in loaded.state_dict().items() if "lora_" in k}
     assert saved_weights.keys() == loaded_weights.keys() and saved_weights
     assert all(torch.equal(saved_weights[k], loaded_weights[k]) for k in saved_weights)
+
+
+def rewrite_weights(folder, change):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / WEIGHTS)
+    change(tensors)
+    save_file(tensors, folder / WEIGHTS)
+
+
+TABLE = "base_model.continual_prompt_table.task:"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.update({f"{TABLE}topic": t[f"{TABLE}topic"][:3]}), r"'topic' have shape \[3, 32\], but .* says 5"),
+        (lambda t: t.pop(f"{TABLE}topic"), r"holds no rows for task\(s\) \['topic'\], which .* lists as frozen"),
+        (
+            lambda t: t.update({f"{TABLE}extra": torch.zeros(2, 32)}),
+            r"rows for task\(s\) \['extra'\], which .* not list",
+        ),
+    ],
+    ids=["fewer-rows", "missing-task", "extra-task"],
+)
+def test_table_rows_that_disagree_with_the_config_are_refused_before_loading(saved, change, message):
+    rewrite_weights(saved, change)
+    with pytest.raises(AdapterFileError, match=message):
+        PeftModel.from_pretrained(tiny_model(), saved)
