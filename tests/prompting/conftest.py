@@ -140,3 +140,13 @@ MIXED_ROWS = [
 @pytest.fixture
 def mixed_rows() -> list:
     return [tuple(row) for row in MIXED_ROWS]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A folder holding a saved table of two frozen tasks (``sentiment``: 4 rows, ``topic``: 5), as ``save_pretrained``
+    writes it."""
+    model = make_peft_model()
+    model.freeze_tasks()
+    model.save_pretrained(tmp_path / "table")
+    return tmp_path / "table"

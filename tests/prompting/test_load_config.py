@@ -10,15 +10,7 @@ from peft import PeftConfig, PeftModel
 
 from peft_continual.errors import ConfigError
 from peft_continual.prompting import ContinualPromptConfig
-from tests.prompting.conftest import make_peft_model, tiny_model
-
-
-@pytest.fixture
-def saved(tmp_path):
-    model = make_peft_model()
-    model.freeze_tasks()
-    model.save_pretrained(tmp_path / "table")
-    return tmp_path / "table"
+from tests.prompting.conftest import tiny_model
 
 
 def rewrite_config(folder, change):

@@ -16,14 +16,6 @@ from tests.prompting.conftest import MIXED_ROWS, make_batch, make_peft_model, ti
 WEIGHTS = "adapter_model.safetensors"
 
 
-@pytest.fixture
-def saved(tmp_path):
-    model = make_peft_model()
-    model.freeze_tasks()
-    model.save_pretrained(tmp_path / "table")
-    return tmp_path / "table"
-
-
 class WritesAFile:
     """Unpickling this runs ``open(path, 'w')``: the proof that a pickle was opened."""
 
