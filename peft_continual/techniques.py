@@ -188,9 +188,9 @@ def peft_prompt_learning_config(technique: str, base: nn.Module, template: TaskT
         )
     if args.encoder_type not in ("lstm", "mlp"):
         raise ConfigError(f"peft_p_tuning has an `lstm` or `mlp` encoder, got encoder_type={args.encoder_type!r}")
-    from peft_continual.prompting.config import DEFAULT_MAX_ENCODER_HIDDEN_SIZE
+    from peft_continual.prompting.config import default_encoder_hidden_size
 
-    width = args.encoder_hidden_size or min(base.config.hidden_size, DEFAULT_MAX_ENCODER_HIDDEN_SIZE)
+    width = args.encoder_hidden_size or default_encoder_hidden_size(base.config.hidden_size)
     return PromptEncoderConfig(
         task_type="CAUSAL_LM",
         num_virtual_tokens=count,

@@ -173,8 +173,8 @@ def check_space(args: SearchArguments, own: TaskTemplate) -> SearchSpace:
     for text in templates:
         if marker_count(text) not in (1, 2):
             raise ConfigError(f"search template {text!r}: needs 1 or 2 virtual-token markers, has {marker_count(text)}")
-    low, high = (args.learning_rate_range + [None, None])[:2]
-    if len(args.learning_rate_range) != 2 or not 0 < low <= high:
+    rates = args.learning_rate_range
+    if len(rates) != 2 or not 0 < rates[0] <= rates[1]:
         raise ConfigError(f"--learning_rate_range needs two rates 0 < low <= high, got {args.learning_rate_range}")
     if not args.total_virtual_tokens or min(args.total_virtual_tokens) < 2:
         raise ConfigError(f"--total_virtual_tokens needs counts of at least 2, got {args.total_virtual_tokens}")

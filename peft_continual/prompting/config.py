@@ -49,6 +49,11 @@ DEFAULT_MAX_ENCODER_HIDDEN_SIZE = 256
 """``encoder_hidden_size=None`` resolves to ``min(base hidden size, this)``."""
 
 
+def default_encoder_hidden_size(token_dim: int) -> int:
+    """The encoder width ``encoder_hidden_size=None`` means: the base model's width, at most 256."""
+    return min(token_dim, DEFAULT_MAX_ENCODER_HIDDEN_SIZE)
+
+
 @dataclass
 class ContinualPromptConfig(PeftConfig):
     """Configuration of continual multi-task p-tuning (``PeftType.CONTINUAL_PROMPT``).

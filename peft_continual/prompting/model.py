@@ -23,10 +23,10 @@ import torch
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
 from peft_continual.prompting.config import (
-    DEFAULT_MAX_ENCODER_HIDDEN_SIZE,
     ContinualPromptConfig,
     EncoderType,
     PromptInit,
+    default_encoder_hidden_size,
 )
 from peft_continual.prompting.encoder import TaskPromptEncoder
 from peft_continual.prompting.fingerprint import check_fingerprint, fingerprint, name_or_path
@@ -75,7 +75,7 @@ class ContinualPromptModel(StackedAdaptersMixin, PeftTunerBase):
         weight = self._word_embeddings().weight
         config.token_dim = int(weight.shape[1])
         if config.encoder_hidden_size is None:
-            config.encoder_hidden_size = min(config.token_dim, DEFAULT_MAX_ENCODER_HIDDEN_SIZE)
+            config.encoder_hidden_size = default_encoder_hidden_size(config.token_dim)
         # adapter_config.json sorts dict keys; template order is the order in which tasks were added
         frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
         table = PromptTable(config.token_dim, frozen).to(weight.device)
