@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,21 @@ class ResultRow:
         if self.stored_parameters is None or not self.base_parameters:
             return None
         return 100.0 * self.stored_parameters / self.base_parameters
+
+
+@dataclass
+class StageMinutes:
+    """Wall-clock minutes per stage of a run, for the results file: where its time goes, on the machine that
+    ``machine_facts`` names. ``lap(stage)`` books the time since the previous lap (or since creation) to ``stage``;
+    a stage read back from an earlier invocation's files books the seconds that took."""
+
+    minutes: dict[str, float] = field(default_factory=dict)
+    last: float = field(default_factory=time.perf_counter, repr=False)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.minutes[stage] = round(self.minutes.get(stage, 0.0) + (now - self.last) / 60, 2)
+        self.last = now
 
 
 def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRow:

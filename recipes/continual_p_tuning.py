@@ -42,10 +42,12 @@ from peft_continual.experiment import (
     rounds_of,
     run_recipe,
 )
+from peft_continual.frozen_recheck import carry_over, frozen_check, records_to_evaluate
 from peft_continual.machine import machine_facts
 from peft_continual.preflight import check_continual_run
 from peft_continual.results import (
     ResultRow,
+    StageMinutes,
     evaluation_key,
     plot_results,
     read_saved_rows,
@@ -93,6 +95,14 @@ class RecipeArguments:
         default=None, metadata={"help": "Few-shot prompts are long: evaluate them on the first N test records only."}
     )
     max_eval_records: int | None = field(default=None, metadata={"help": "Cap every task's test subset (quick runs)."})
+    recheck_records: int | None = field(
+        default=None,
+        metadata={
+            "help": "After a later round, re-generate only the first N test records of earlier rounds' tasks (their "
+            "rows are bit-identical): equal answers carry their full result over (peft_continual.frozen_recheck); "
+            "None: re-evaluate all."
+        },
+    )
 
 
 TRAINING_SETTINGS = (
@@ -106,7 +116,7 @@ def run_settings(specs: list, recipe: RecipeArguments, training: ContinualTraini
     """What decides the tables and the result rows of a run: a rerun in the same output folder must match them."""
     # Left out: where the data is, how fast evaluation runs, whether the few-shot rows are (still) wanted; the task
     # file by its content, not its path.
-    left_out = {"data_dir", "eval_batch_size", "fewshot", "tasks"}
+    left_out = {"data_dir", "eval_batch_size", "fewshot", "tasks", "recheck_records"}
     return {
         "tasks": {s.taskname: asdict(s) for s in specs},
         **{name: value for name, value in asdict(recipe).items() if name not in left_out},
@@ -119,7 +129,7 @@ def losses_of(log_history: list[dict]) -> list[tuple[int, float]]:
 
 
 def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[ResultRow]:
-    output_dir, started = Path(training.output_dir), time.time()
+    output_dir, started, clock = Path(training.output_dir), time.time(), StageMinutes()
     # 1 records and 2 templates: one task file, the same records for every technique.
     specs = load_task_specs(recipe.tasks)
     rounds = rounds_of(specs)
@@ -160,6 +170,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         ),
         flush=True,
     )
+    clock.lap("load and check")
 
     # 5 few-shot baseline: the untouched base model, demonstrations from train, same normalisation and metrics
     # (evaluated once: read back while the prompts are the same).
@@ -177,11 +188,13 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
         )
         rows = [result_row("few-shot", r) for r in results.values()]
         save_rows(output_dir / "fewshot.json", fewshot_key, rows)
+    clock.lap("few-shot baseline")
 
     # Minutes of each earlier invocation of this run (a killed one: up to its last finished round).
     minutes_file = output_dir / "minutes.json"
     earlier_minutes = json.loads(minutes_file.read_text()) if minutes_file.exists() else []
     losses, hashes = {}, {}
+    trained_in = {s.taskname: s.round for s in specs}
     for number, round_specs in enumerate(rounds, start=1):
         round_dir = output_dir / f"round_{number}"
         names = [s.taskname for s in round_specs]
@@ -220,14 +233,16 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             model.save_pretrained(round_dir / "table")
             write_atomic(round_dir / "train_log.json", json.dumps(trainer.state.log_history) + "\n")
             write_atomic(round_dir / "trainable.json", json.dumps({"trainable_parameters": trainable}) + "\n")
+        clock.lap(f"round {number} training")
         model = PeftModel.from_pretrained(base, round_dir / "table").eval()
         table = model.prompt_table
         hashes[number] = table.row_hashes()
         losses[f"round {number}"] = losses_of(json.loads((round_dir / "train_log.json").read_text()))
         trainable = json.loads((round_dir / "trainable.json").read_text())["trainable_parameters"]
-        # 9 evaluate every task served so far, from one frozen model, rows of all tasks mixed in each batch (read
-        # back when this very table was evaluated on these very records before: a rerun costs seconds).
-        served_tests = [r for s in served for r in tests[s.taskname]]
+        # 9 evaluate every task served so far, from one frozen model, rows of all tasks mixed in each batch; earlier
+        # rounds' tasks on a sample whose answers must not have changed (read back when this very table was
+        # evaluated on these very records before: a rerun costs seconds).
+        served_tests = records_to_evaluate(tests, trained_in, number, recipe.recheck_records)
         round_key = evaluation_key(served_tests, hashes[number])
         round_rows = read_saved_rows(round_dir / "evaluation.json", round_key)
         if round_rows is None:
@@ -248,8 +263,10 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
                 n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
             }
             write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
+            round_rows = carry_over(output_dir, round_rows, predictions, trained_in, number)
             save_rows(round_dir / "evaluation.json", round_key, round_rows)
         rows += round_rows
+        clock.lap(f"round {number} evaluation")
         # 10 results so far: a long run shows its finished rounds before the next one ends
         spent = [*earlier_minutes, round((time.time() - started) / 60, 1)]
         write_atomic(minutes_file, json.dumps(spent) + "\n")
@@ -259,6 +276,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             "machine": machine_facts(),
             "minutes": round(sum(spent), 1),
             "minutes_per_invocation": spent,
+            "minutes_per_stage": clock.minutes,  # of the last invocation
             "rounds_finished": f"{number} of {len(rounds)}",
         }
         if number == len(rounds):
@@ -277,20 +295,6 @@ def first_round_config(recipe: RecipeArguments, round_specs: list, tokenizer) ->
         encoder_type=recipe.encoder_type,
         encoder_hidden_size=recipe.encoder_hidden_size,
     ).tokenize_tasknames(tokenizer)
-
-
-def frozen_check(output_dir: Path, hashes: dict[int, dict[str, str]], last: int) -> dict[str, dict]:
-    """Were round 1's tasks untouched by later rounds? Their table rows (sha256) and predictions, first vs last."""
-    first = json.loads((output_dir / "round_1" / "predictions.json").read_text())
-    final = json.loads((output_dir / f"round_{last}" / "predictions.json").read_text())
-    return {
-        name: {
-            "rows_identical": hashes[last][name] == digest,
-            "predictions_identical": first[name] == final[name],
-            "sha256": digest,
-        }
-        for name, digest in hashes[1].items()
-    }
 
 
 ARGUMENTS = (RecipeArguments, ContinualTrainingArguments)

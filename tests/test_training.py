@@ -87,7 +87,7 @@ class CrashAt(TrainerCallback):
             raise KeyboardInterrupt("killed")
 
 
-@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+@pytest.mark.parametrize("sampling", ["random", "group_by_length", "group_by_length_per_task"])
 def test_a_rerun_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(
     tiny_llama, smollm2_tokenizer, tmp_path, sampling
 ):
@@ -118,6 +118,21 @@ def test_length_grouped_batches_hold_rows_of_similar_length(tiny_llama, smollm2_
     mixed = sum(len({n > 30 for n in batch["attention_mask"].sum(1).tolist()}) == 2 for batch in batches)
     # Trainer sorts mega-batches of 8 batches by length: at most one mixed batch in each of the 4 (random: ~16 of 32)
     assert len(batches) == 32 and mixed <= 5
+
+
+def test_batches_grouped_by_length_per_task_keep_both_tasks(tiny_llama, smollm2_tokenizer, tmp_path):
+    rows = examples(smollm2_tokenizer, count=16)  # 16 sentiment rows, 16 intent rows of other lengths
+    data = rows + [replace(e, input_ids=e.input_ids * 4, labels=e.labels * 4) for e in rows]  # and 32 four times longer
+    model = peft_model(tiny_llama, smollm2_tokenizer)
+    args = arguments(tmp_path, train_sampling_strategy="group_by_length_per_task", per_device_train_batch_size=4)
+    batches = list(build_trainer(model, args, data, 0).get_train_dataloader())
+    assert len(batches) == 16
+    assert all(batch["tasknames"].count("sentiment") == 2 for batch in batches)  # the 50/50 mix in every batch
+    padding = sum((batch["attention_mask"] == 0).sum().item() for batch in batches)
+    # rows of one task and one length quantile share a batch: the long and the short ones rarely meet
+    random_order = list(build_trainer(model, arguments(tmp_path / "r", per_device_train_batch_size=4), data, 0)
+                        .get_train_dataloader())  # fmt: skip
+    assert padding < 0.5 * sum((batch["attention_mask"] == 0).sum().item() for batch in random_order)
 
 
 def test_best_checkpoint_by_validation_accuracy(make_tiny_model, smollm2_tokenizer, tmp_path):

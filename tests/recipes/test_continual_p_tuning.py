@@ -7,6 +7,7 @@ import runpy
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,7 @@ def run_recipe(tmp_path, model_dir, output_dir, data_dir, *extra_flags):
 @pytest.mark.slow
 def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir, shared_data):
     output_dir = tmp_path / "out"
-    rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data)
+    rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, "--recheck_records", "3")
     assert [(r.task, r.stage) for r in rows] == [
         ("sentiment", "few-shot"),
         ("intent_and_slot", "few-shot"),
@@ -88,6 +89,9 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     frozen = results["round_1_tasks_after_last_round"]
     assert set(frozen) == {"sentiment", "intent_and_slot"}
     assert all(v["rows_identical"] and v["predictions_identical"] for v in frozen.values())
+    assert {v["predictions_rechecked"] for v in frozen.values()} == {3}  # of 4 test records: the rest carried over
+    for before, after in zip(rows[3:5], rows[5:7], strict=True):
+        assert after == replace(before, stage="round 2", trainable_parameters=0) and after.examples == 4
     for name in ("results.md", "training_loss.png", "accuracy.png", "round_2/table/adapter_model.safetensors"):
         assert (output_dir / name).exists(), name
     assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0
