@@ -21,8 +21,7 @@ from peft_continual.prompting import (
     inject_prompts,
 )
 from peft_continual.stacking import param_groups
-
-__version__ = "0.1.0.dev0"
+from peft_continual.version import __version__ as __version__
 
 __all__ = [
     "ContinualPromptCollator",

@@ -91,6 +91,12 @@ def active_stacked_names(stacked: Mapping[str, Any], active: str | Sequence[str]
     """
     if not stacked:
         return None
+    if not (
+        active is None
+        or isinstance(active, str)
+        or (isinstance(active, (list, tuple)) and all(isinstance(name, str) for name in active))
+    ):
+        raise ConfigError(f"active_stacked_adapters must be a name or a list of names, got {active!r}")
     names = [next(iter(stacked))] if active is None else [active] if isinstance(active, str) else list(active)
     unknown = sorted(set(names) - set(stacked))
     if unknown or not names:
@@ -102,7 +108,13 @@ def _config_dict(name: Any, config: PeftConfig | Mapping[str, Any]) -> dict[str,
     if not isinstance(name, str) or not name or "." in name or name == "__base__":
         raise ConfigError(f"stacked adapter names must be non-empty strings without '.', not '__base__': {name!r}")
     if isinstance(config, Mapping):
-        config = PeftConfig.from_peft_type(**config)
+        kind = config.get("peft_type")
+        if kind not in STACKABLE_TYPES:
+            raise ConfigError(f"stacked adapter {name!r} is {kind!r}; allowed PEFT types: {allowed(STACKABLE_TYPES)}")
+        try:
+            config = PeftConfig.from_peft_type(**config)
+        except (TypeError, ValueError, KeyError) as error:  # fields PEFT's config refuses (from a damaged file)
+            raise ConfigError(f"stacked adapter {name!r}: PEFT cannot build its {kind} config: {error}") from error
     if not isinstance(config, PeftConfig) or str(config.peft_type.value) not in STACKABLE_TYPES:
         kind = getattr(getattr(config, "peft_type", None), "value", type(config).__name__)
         raise ConfigError(f"stacked adapter {name!r} is {kind}; allowed PEFT types: {allowed(STACKABLE_TYPES)}")
@@ -178,7 +190,14 @@ class StackedAdaptersMixin:
         if not config.stacked_adapters:
             return
         configs = stacked_configs(config.stacked_adapters, config.inference_mode)
-        tuner = hooks.build_stacked_tuner(self.model, configs)
+        try:
+            tuner = hooks.build_stacked_tuner(self.model, configs)
+        except (TypeError, ValueError) as error:  # values PEFT's config accepts but its layers do not (e.g. r="8")
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(
+                f"stacked adapter(s) {allowed(configs)}: PEFT cannot build them on this model: {error}"
+            ) from error
         tuner.set_adapter(config.active_stacked_adapters, inference_mode=config.inference_mode)
         object.__setattr__(self, "_stacked_tuner", tuner)
         self._stacked_owner = adapter_name

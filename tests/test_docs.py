@@ -40,3 +40,21 @@ def test_python_blocks_in_docs_pages_run(page):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+
+
+def test_the_errors_guide_has_a_case_for_every_error_the_library_raises():
+    import inspect
+
+    from peft_continual import errors
+
+    page = (DOCS / "guides" / "errors.md").read_text(encoding="utf-8")
+    classes = [
+        name
+        for name, value in vars(errors).items()
+        if inspect.isclass(value)
+        and issubclass(value, errors.PeftContinualError)
+        and value is not errors.PeftContinualError
+    ]
+    assert len(classes) >= 10
+    missing = [name for name in classes if f"`{name}`" not in page]
+    assert not missing, f"docs/content/guides/errors.md has no case for {missing}"

@@ -100,6 +100,8 @@ class TaskTemplate:
     )
 
     def __post_init__(self) -> None:
+        if not isinstance(self.virtual_token_splits, (list, tuple)):
+            raise self._error(f"virtual_token_splits must be a list of counts, got {self.virtual_token_splits!r}")
         self.virtual_token_splits = list(self.virtual_token_splits)
         self._check_types()
         try:

@@ -125,6 +125,24 @@ def _log_probs(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(picked.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
+def _log_probs_of_rows(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log softmax(logits[rows[s]])[targets[s]]`` in float32, each distinct row normalised once: the candidates of
+    a prompt share its last position and the tree's prefix nodes (64 intents: ~2.5x fewer softmaxes, which took a
+    quarter of the scoring time).
+
+    Args:
+        logits: (R, V).
+        rows: (S,) long, the row of ``logits`` that predicts each target.
+        targets: (S,) long token ids.
+
+    Returns:
+        (S,) float32.
+    """
+    distinct, inverse = torch.unique(rows, return_inverse=True)
+    normaliser = torch.logsumexp(logits[distinct].float(), dim=-1)  # (U,)
+    return logits[rows, targets].float() - normaliser[inverse]
+
+
 def _scoring_tokenizer(prompt_tokenizer: PromptTokenizer, tasknames: Sequence[str]) -> PromptTokenizer:
     """A copy of ``prompt_tokenizer`` whose labels mark the answer tokens only (``answer_only_loss=True``)."""
     scorer = copy.copy(prompt_tokenizer)
@@ -196,9 +214,11 @@ def _tree_sums(
     Returns:
         (N,) float32.
     """
-    slots = torch.tensor([slot for slot, _, _ in rows], dtype=torch.long)  # (N,)
-    firsts = torch.tensor([[row.labels[0]] for _, _, row in rows], dtype=torch.long)  # (N, 1)
-    sums = _sum_log_probs(next_logits[slots.to(next_logits.device)].unsqueeze(1), firsts)
+    slots = torch.tensor([slot for slot, _, _ in rows], dtype=torch.long, device=next_logits.device)  # (N,)
+    firsts = torch.tensor([row.labels[0] for _, _, row in rows], dtype=torch.long, device=next_logits.device)  # (N,)
+    scored_first = firsts != IGNORE_INDEX
+    sums = torch.zeros(len(rows), device=next_logits.device)
+    sums[scored_first] = _log_probs_of_rows(next_logits, slots[scored_first], firsts[scored_first])
     scored = [
         (i, slot, trees[slot].paths[k][t - 1], label)
         for i, (slot, k, row) in enumerate(rows)
@@ -216,9 +236,11 @@ def _tree_sums(
             f"the model returned logits of shape {tuple(logits.shape)} for candidate trees of "
             f"{tuple(inputs['input_ids'].shape)} tokens; restricted scoring needs one logit row per input position"
         )
-    index = torch.tensor([[slot, node] for _, slot, node, _ in scored], dtype=torch.long, device=logits.device)
+    flat = logits.reshape(-1, logits.shape[-1])  # (P * K, V)
+    width = logits.shape[1]
+    index = torch.tensor([slot * width + node for _, slot, node, _ in scored], device=logits.device)
     targets = torch.tensor([label for *_, label in scored], dtype=torch.long, device=logits.device)
-    log_probs = _log_probs(logits[index[:, 0], index[:, 1]], targets)  # (S,) only the scored nodes
+    log_probs = _log_probs_of_rows(flat, index, targets)  # (S,) only the scored nodes
     owners = torch.tensor([i for i, *_ in scored], dtype=torch.long, device=sums.device)
     return sums.index_add_(0, owners, log_probs.to(sums.device))
 

@@ -8,13 +8,13 @@ It is a plain ``PeftConfig`` whose fields all survive ``save_pretrained``/``from
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
 from peft import PeftConfig
 from peft.utils import CONFIG_NAME
 
@@ -22,6 +22,7 @@ from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
 from peft_continual.prompting.peft_hooks import PEFT_TYPE
 from peft_continual.stacking import active_stacked_names, stacked_config_dicts
+from peft_continual.version import __version__
 
 
 class EncoderType(str, Enum):
@@ -154,12 +155,23 @@ class ContinualPromptConfig(PeftConfig):
         default=None,
         metadata={"help": "Stacked adapters active for rows without adapter_names; None: the first one."},
     )
+    peft_continual_version: str | None = field(
+        default=None,
+        metadata={
+            "help": "Version of peft-continual that made this config (filled on creation): a config from a newer "
+            "version with fields this one does not know is refused with the version to install."
+        },
+    )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        self.peft_type = PEFT_TYPE
         if self.task_type != "CAUSAL_LM":
             raise ConfigError(f"task_type={self.task_type!r} is not supported; allowed: 'CAUSAL_LM'")
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if self.peft_continual_version is None:
+            self.peft_continual_version = __version__
+        if not isinstance(self.templates, (list, tuple)):
+            raise ConfigError(f"templates must be a list of templates, got {self.templates!r}")
         self.templates = [self._template_dict(t, i) for i, t in enumerate(self.templates)]
         try:
             self.encoder_type = EncoderType(self.encoder_type)
@@ -174,6 +186,7 @@ class ContinualPromptConfig(PeftConfig):
                 f"prompt_init={self.prompt_init!r} is not one of {allowed(p.value for p in PromptInit)}"
             ) from None
         self._check_numbers()
+        self._check_field_types()
         self._check_tasks()
         self.stacked_adapters = stacked_config_dicts(self.stacked_adapters)
         self.active_stacked_adapters = active_stacked_names(self.stacked_adapters, self.active_stacked_adapters)
@@ -197,6 +210,30 @@ class ContinualPromptConfig(PeftConfig):
             raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
         if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
             raise ConfigError(f"init_text must be a non-empty string or None, got {self.init_text!r}")
+
+    def _check_field_types(self) -> None:
+        """The shapes of the fields that ``adapter_config.json`` carries (a hand-edited or damaged file gets this
+        error, not a ``TypeError`` from deep inside the model)."""
+        checks = {
+            "tokenizer_name_or_path": (_optional(self.tokenizer_name_or_path, str), "a string or null"),
+            "taskname_token_ids": (_ids_by_task(self.taskname_token_ids), "an object of task name -> list of ids"),
+            "init_token_ids": (_ids_by_task(self.init_token_ids), "an object of task name -> list of ids"),
+            "frozen_tasks": (
+                isinstance(self.frozen_tasks, dict) and all(_positive_int(n) for n in self.frozen_tasks.values()),
+                "an object of task name -> number of virtual tokens",
+            ),
+            "training_tasks": (
+                self.training_tasks is None
+                or (isinstance(self.training_tasks, list) and all(isinstance(n, str) for n in self.training_tasks)),
+                "a list of task names or null",
+            ),
+            "token_dim": (self.token_dim is None or _positive_int(self.token_dim), "a positive integer or null"),
+            "base_model_fingerprint": (_optional(self.base_model_fingerprint, dict), "an object or null"),
+            "peft_continual_version": (_optional(self.peft_continual_version, str), "a version string"),
+        }
+        for name, (valid, expected) in checks.items():
+            if not valid:
+                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
     def _check_tasks(self) -> None:
         by_name = check_unique_tasknames(self.task_templates())
@@ -316,26 +353,50 @@ class ContinualPromptConfig(PeftConfig):
             for name in unknown:
                 close = difflib.get_close_matches(name, known, n=1)
                 named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            written_by = kwargs.get("peft_continual_version")
+            if _newer(written_by):
+                cause = (
+                    f"peft-continual {written_by} wrote it and this is {__version__}: upgrade with "
+                    f"pip install -U 'peft-continual>={written_by}'"
+                )
+            else:
+                cause = "fix the name, or, if a newer peft-continual wrote it, upgrade peft-continual"
             raise ConfigError(
-                f"unknown field(s) {', '.join(named)} in a {PEFT_TYPE.value} config: fix the name, or, if a newer "
-                "peft-continual wrote it, upgrade peft-continual (PEFT alone would drop the field silently)"
+                f"unknown field(s) {', '.join(named)} in a {PEFT_TYPE.value} config: {cause} (PEFT alone would drop "
+                "the field silently)"
             )
         return kwargs
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
-        """PEFT's loading of ``adapter_config.json``, with this library's errors: a file that is not JSON (damaged,
-        cut short) or holds an unknown field is refused with the file's path, never half-read."""
+        """PEFT's loading of ``adapter_config.json``, with this library's errors naming the file: one that is not JSON
+        (damaged, cut short: ``AdapterFileError`` from PEFT's reader, see ``peft_hooks``), holds an unknown field or a
+        bad value is refused, never half-read."""
         file = Path(pretrained_model_name_or_path, subfolder or "", CONFIG_NAME)
         try:
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        except json.JSONDecodeError as error:
-            raise ConfigError(
-                f"{file}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}): the file is "
-                "damaged or cut short; save the adapter again, or restore the file"
-            ) from None
-        except ConfigError as error:
-            raise ConfigError(f"{file}: {error}") from None
+        except (ConfigError, TemplateError) as error:  # a damaged file: AdapterFileError from PEFT's reader already
+            raise type(error)(f"{file}: {error}") from None
+
+
+def _newer(version: Any) -> bool:
+    """Is ``version`` (a config's ``peft_continual_version``) newer than this library?"""
+    try:
+        return isinstance(version, str) and Version(version) > Version(__version__)
+    except InvalidVersion:
+        return False
+
+
+def _optional(value: Any, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _ids_by_task(value: Any) -> bool:
+    """A dict of task name -> list of token ids (ints >= 0)."""
+    return isinstance(value, dict) and all(
+        isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
+        for ids in value.values()
+    )
 
 
 def _positive_int(value: Any) -> bool:

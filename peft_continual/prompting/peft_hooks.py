@@ -16,8 +16,8 @@ a name that is not one of its members. The route used here (checked on PEFT 0.21
 State attribute names start with the method prefix and hold one entry per adapter name (``continual_prompt_table
 .default...``), because ``PeftModel.load_adapter`` reports a missing key only when it contains both.
 
-Three methods of ``PeftModel`` itself are wrapped (``patch_peft_model``); they leave every other PEFT method
-untouched:
+Three methods of ``PeftModel`` itself and PEFT's config reader are wrapped (``patch_peft_model``); the first three
+leave every other PEFT method untouched:
 
 4. ``save_pretrained`` writes into a staging folder and moves each file into place with ``os.replace``, so a save
    that fails midway leaves the previous files whole (PEFT writes straight into the target);
@@ -25,6 +25,10 @@ untouched:
    injects none, so it raises "No adapter layers found");
 5b. ``load_adapter`` checks a local folder of this method first (``safe_load``: safetensors only, damaged files
    refused with their path), since PEFT falls back to ``torch.load`` of a pickle.
+5c. ``PeftConfig.from_json_file`` (PEFT's one reader of ``adapter_config.json``, used by ``PeftModel.from_pretrained``,
+   ``PeftConfig.from_pretrained`` and ``AutoPeftModel*`` before anything else) raises ``AdapterFileError`` naming the
+   file for a file that is not JSON or not a JSON object, for every PEFT method: PEFT's raw ``JSONDecodeError`` names
+   neither. Both are ``ValueError``s.
 
 LoRA/IA3 stacked under the prompts (``peft_continual.stacking``) use PEFT's own tuner on the same base model; the
 hooks that build and drive it are in the sibling module ``stacking_hooks``. Here:
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -45,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
+from peft.config import PeftConfigMixin
 from peft.mapping import (
     PEFT_TYPE_TO_CONFIG_MAPPING,
     PEFT_TYPE_TO_PREFIX_MAPPING,
@@ -58,7 +64,9 @@ from torch import nn
 from peft_continual.errors import ConfigError
 from peft_continual.prompting.safe_load import (
     check_adapter_weights,
+    check_config_object,
     check_table_shapes,
+    damaged_config,
     local_adapter_folder,
     read_adapter_config,
 )
@@ -258,6 +266,23 @@ peft_load_adapter = _peft_method("load_adapter")
 
 _SAVE_SIGNATURE = inspect.signature(peft_save_pretrained)
 
+peft_from_json_file = getattr(
+    PeftConfigMixin.__dict__["from_json_file"].__func__, _ORIGINAL, PeftConfigMixin.__dict__["from_json_file"].__func__
+)
+"""PEFT's ``PeftConfigMixin.from_json_file`` (a classmethod's function), unwrapped."""
+
+
+def from_json_file(cls: type, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
+    """PEFT's reader of ``adapter_config.json``; a file that is not JSON, or holds no JSON object, raises
+    ``AdapterFileError`` with its path (PEFT's ``JSONDecodeError`` names no file)."""
+    try:
+        with open(path_json_file, encoding="utf-8") as file:
+            data = json.load(file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise damaged_config(path_json_file, error) from None
+    check_config_object(path_json_file, data)  # PEFT's reader fails on any other JSON value with a TypeError
+    return peft_from_json_file(cls, path_json_file, **kwargs)
+
 
 @functools.wraps(peft_save_pretrained, assigned=("__name__", "__qualname__"))  # PEFT's signature for help()
 def save_pretrained(self: PeftModel, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -345,7 +370,7 @@ def disable_adapter(self: PeftModel) -> Iterator[None]:
 
 def patch_peft_model() -> None:
     """Install ``save_pretrained``, ``load_adapter`` and ``disable_adapter`` on ``PeftModel`` (and so on its
-    subclasses); idempotent."""
+    subclasses) and ``from_json_file`` on PEFT's configs; idempotent."""
     for name, hook, original in (
         ("save_pretrained", save_pretrained, peft_save_pretrained),
         ("load_adapter", load_adapter, peft_load_adapter),
@@ -353,3 +378,5 @@ def patch_peft_model() -> None:
     ):
         setattr(hook, _ORIGINAL, original)
         setattr(PeftModel, name, hook)
+    setattr(from_json_file, _ORIGINAL, peft_from_json_file)
+    PeftConfigMixin.from_json_file = classmethod(from_json_file)

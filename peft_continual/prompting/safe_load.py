@@ -24,8 +24,6 @@ from peft_continual.errors import AdapterFileError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 """Files a torch pickle is usually saved as; none of them is ever opened here."""
 
-_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a raw pickle (protocol >= 2), or torch.save's zip archive
-
 
 def local_adapter_folder(model_id: str | os.PathLike, subfolder: str | None = None) -> Path | None:
     """The adapter's folder on this machine, or ``None`` for a Hub repository id."""
@@ -43,13 +41,32 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
             f"{folder}: no {CONFIG_NAME}; is this an adapter folder (save_pretrained writes one)?"
         ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterFileError(
-            f"{path}: not valid JSON ({error}): the file is damaged or cut short; save the adapter again, or restore "
-            "the file"
-        ) from None
-    if not isinstance(data, dict):
-        raise AdapterFileError(f"{path}: holds a {type(data).__name__}, not a JSON object of config fields")
+        raise damaged_config(path, error) from None
+    check_config_object(path, data)
     return data
+
+
+def damaged_config(path: str | os.PathLike, error: ValueError) -> AdapterFileError:
+    """Our error for a config file that is not JSON (damaged, cut short, not text); the one message for every
+    reader of ``adapter_config.json`` (ours, and PEFT's ``from_json_file`` through ``peft_hooks``)."""
+    if isinstance(error, json.JSONDecodeError):
+        reason = f"{error.msg} at line {error.lineno}, column {error.colno}"
+    else:
+        reason = (
+            f"not UTF-8 text: {error.reason} at byte {error.start}"
+            if isinstance(error, UnicodeDecodeError)
+            else str(error)
+        )
+    return AdapterFileError(
+        f"{path}: not valid JSON ({reason}): the file is damaged or cut short; save the adapter again, or restore the "
+        "file"
+    )
+
+
+def check_config_object(path: str | os.PathLike, data: Any) -> None:
+    """A config file must hold one JSON object (field -> value)."""
+    if not isinstance(data, dict):
+        raise AdapterFileError(f"{path}: holds a JSON {type(data).__name__}, not an object of config fields")
 
 
 def check_adapter_weights(folder: Path) -> dict[str, list[int]]:
@@ -69,8 +86,8 @@ def check_adapter_weights(folder: Path) -> dict[str, list[int]]:
         )
         raise AdapterFileError(f"{folder}: no {SAFETENSORS_WEIGHTS_NAME}{hint}")
     with open(path, "rb") as file:
-        start = file.read(4)
-    if any(start.startswith(magic) for magic in _PICKLE_MAGIC):
+        start = file.read(9)
+    if _looks_like_a_pickle(start, path.stat().st_size):
         raise AdapterFileError(
             f"{path}: a torch pickle renamed to .safetensors, which this library never opens (unpickling can run "
             "code); save the adapter again with save_pretrained"
@@ -83,6 +100,17 @@ def check_adapter_weights(folder: Path) -> dict[str, list[int]]:
             f"{path}: not a readable safetensors file ({error}): the file is damaged, cut short or of another format; "
             "save the adapter again, or restore the file"
         ) from None
+
+
+def _looks_like_a_pickle(start: bytes, size: int) -> bool:
+    """Do a file's first 9 bytes start a pickle (protocol 2-5: ``0x80`` then the protocol) or ``torch.save``'s zip
+    archive, and not a safetensors file (a little-endian u64 header length that fits the file, then ``{``)? A
+    safetensors header of 384 bytes starts with ``0x80 0x01``, one of 640 bytes with ``0x80 0x02``."""
+    if len(start) == 9 and start[8:9] == b"{" and int.from_bytes(start[:8], "little") <= size - 8:
+        return False
+    return start.startswith(b"PK\x03\x04") or (
+        start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+    )
 
 
 TABLE_KEY = "continual_prompt_table.task:"

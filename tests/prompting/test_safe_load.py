@@ -80,6 +80,21 @@ def test_an_intact_folder_loads_as_before(saved):
         assert torch.equal(loaded(**batch).logits, reference(**batch).logits)
 
 
+@pytest.mark.parametrize("header_bytes", [0x180, 0x280, 0x580])
+def test_a_safetensors_header_whose_length_starts_like_a_pickle_loads(saved, header_bytes):
+    """The demo's round-2 table had a 384-byte header: its file starts with 0x80 0x01, as a pickle starts with 0x80."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(saved / WEIGHTS)
+    for pad in range(2000):  # safetensors pads the header to a multiple of 8: one pad length hits the size
+        save_file(tensors, saved / WEIGHTS, metadata={"format": "pt", "pad": "x" * pad})
+        if int.from_bytes((saved / WEIGHTS).read_bytes()[:8], "little") == header_bytes:
+            break
+    assert (saved / WEIGHTS).read_bytes()[:1] == b"\x80"
+    loaded = PeftModel.from_pretrained(tiny_model(), saved)
+    assert set(loaded.prompt_table.tasks) == {"sentiment", "topic"}
+
+
 def test_other_methods_keep_pefts_loading(tmp_path):
     from peft import LoraConfig, get_peft_model
 
