@@ -67,6 +67,7 @@ from peft_continual.prompting.safe_load import (
     check_config_object,
     check_table_shapes,
     damaged_config,
+    hub_adapter_folder,
     local_adapter_folder,
     read_adapter_config,
 )
@@ -335,10 +336,12 @@ def _staging_folder(target: Path) -> Iterator[Path]:
 
 @functools.wraps(peft_load_adapter, assigned=("__name__", "__qualname__"))
 def load_adapter(self: PeftModel, model_id: str | os.PathLike, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
-    """PEFT's ``load_adapter``; a local folder of this method is checked first (``safe_load``): safetensors only,
-    never a pickle, a damaged file refused with its path, table shapes as the config says, before anything is
-    loaded."""
+    """PEFT's ``load_adapter``; an adapter of this method, in a local folder or on the Hub, is checked first
+    (``safe_load``): safetensors only, never a pickle, a damaged file refused with its path, table shapes as the
+    config says, before anything is loaded."""
     folder = local_adapter_folder(model_id, kwargs.get("subfolder"))
+    if folder is None:  # a Hub repository: its files of this method are fetched into the cache and checked there
+        folder = hub_adapter_folder(model_id, PEFT_TYPE.value, **kwargs)
     config = read_adapter_config(folder) if folder is not None else {}
     if config.get("peft_type") == PEFT_TYPE.value:
         check_table_shapes(folder, config, check_adapter_weights(folder))

@@ -6,16 +6,25 @@ has no safetensors file, and passes a damaged file's raw ``SafetensorError`` ("h
 metadata") up without its path. For adapters of this method, ``PeftModel.load_adapter`` (and so
 ``PeftModel.from_pretrained``, ``AutoPeftModel*`` and Trainer's best-checkpoint load, which call it) first checks a
 local folder here: a pickle is never opened whatever its name, and a damaged file is refused with its path and what
-to do, before anything is loaded into the model. Folders on the Hub are downloaded and read by PEFT as they are.
+to do, before anything is loaded into the model. An adapter on the Hugging Face Hub gets the same checks: its config
+and safetensors weights are downloaded into the Hub cache first (``hub_adapter_folder``), where PEFT then finds them.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from safetensors import SafetensorError, safe_open
 
@@ -29,6 +38,45 @@ def local_adapter_folder(model_id: str | os.PathLike, subfolder: str | None = No
     """The adapter's folder on this machine, or ``None`` for a Hub repository id."""
     folder = Path(model_id, subfolder or "")
     return folder if folder.is_dir() else None
+
+
+def hub_adapter_folder(model_id: str | os.PathLike, method: str, **download: Any) -> Path | None:
+    """The folder of the Hugging Face Hub cache that holds a Hub adapter's ``adapter_config.json`` and, for an
+    adapter of ``method`` (its ``peft_type``), its ``adapter_model.safetensors``, downloaded first (or found in the
+    cache), so that the checks of a local folder apply before PEFT reads them; PEFT then finds both in the cache.
+
+    Args:
+        model_id: A Hub repository id.
+        method: The ``peft_type`` whose weights are checked; other methods' weights are left to PEFT.
+        download: ``PeftModel.load_adapter``'s keyword arguments; those of ``hf_hub_download`` (``revision``,
+            ``subfolder``, ``token``, ``cache_dir``...) are used.
+
+    Returns:
+        The folder, or ``None`` when the config cannot be fetched (PEFT then reports that as before) or the adapter
+        is of another method.
+
+    Raises:
+        AdapterFileError: the repository has no ``adapter_model.safetensors`` (PEFT would fall back to
+            ``adapter_model.bin``, a pickle), or its config is damaged.
+    """
+    known = inspect.signature(hf_hub_download).parameters
+    download = {key: value for key, value in download.items() if key in known and key != "filename"}
+    try:
+        config_path = Path(hf_hub_download(str(model_id), CONFIG_NAME, **download))
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, OSError):
+        return None
+    folder = config_path.parent
+    if read_adapter_config(folder).get("peft_type") != method:
+        return None
+    try:
+        hf_hub_download(str(model_id), SAFETENSORS_WEIGHTS_NAME, **download)
+    except EntryNotFoundError:
+        where = f"{model_id}" + (f" (subfolder {download['subfolder']})" if download.get("subfolder") else "")
+        raise AdapterFileError(
+            f"{where} on the Hugging Face Hub has no {SAFETENSORS_WEIGHTS_NAME}; PEFT would load adapter_model.bin, a "
+            "torch pickle, which this library never opens (unpickling can run code): ask its owner for safetensors"
+        ) from None
+    return folder
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
