@@ -41,6 +41,9 @@ class ResultRow:
     class that accuracy hides."""
     seed: int | None = None
     """The training seed of this row's model, where one result of several seeds (``peft_continual.seed_summary``)."""
+    carried_from: str | None = None
+    """The stage whose evaluation this row repeats (a frozen task whose answers on a sample were rechecked and found
+    equal, ``peft_continual.frozen_recheck``); ``None``: measured at this stage."""
 
     @property
     def stored_percent(self) -> float | None:
@@ -103,7 +106,7 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
         stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
         seed = f" {'-' if row.seed is None else row.seed} |" if seeded else ""
         lines.append(
-            f"| {row.task} | {row.stage} |{seed} {_percent(row.generation)} | {_percent(row.restricted)} "
+            f"| {row.task} | {row.stage}{f' (= {row.carried_from})' if row.carried_from else ''} |{seed} {_percent(row.generation)} | {_percent(row.restricted)} "
             f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
             f"| {row.examples} | {row.trainable_parameters or '-'} | {row.stored_parameters or '-'} | {stored} |"
         )

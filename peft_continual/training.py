@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import EvalLoopOutput, get_last_checkpoint
 
 from peft_continual.answer_loss import accepts_logit_positions, labelled_positions, loss_at_positions
@@ -144,26 +145,21 @@ class ContinualTrainer(Trainer):
     def __init__(self, *args: Any, validation_accuracy: ValidationAccuracy | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.validation_accuracy = validation_accuracy
+        self.task_length_sampler: TaskMixedLengthSampler | None = None
+        self.add_callback(_SamplerEpoch(self))
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.args.train_sampling_strategy != GROUP_BY_LENGTH_PER_TASK:
             return super()._get_train_sampler(train_dataset)
-        dataset = self.train_dataset if train_dataset is None else train_dataset
-        rows = dataset if isinstance(dataset, list) else None
-        try:
-            lengths = [len(row["input_ids"]) for row in rows] if rows else [len(x) for x in dataset["input_ids"]]
-            tasknames = [row["taskname"] for row in rows] if rows else list(dataset["taskname"])
-        except (KeyError, TypeError):
-            raise ConfigError(
-                f"train_sampling_strategy={GROUP_BY_LENGTH_PER_TASK} needs training rows with `input_ids` and "
-                "`taskname` (TokenizedExample rows or a Dataset with those columns)"
-            ) from None
-        return TaskMixedLengthSampler(
+        lengths, tasknames = _lengths_and_tasks(self.train_dataset if train_dataset is None else train_dataset,
+                                                self.args.length_column_name)  # fmt: skip
+        self.task_length_sampler = TaskMixedLengthSampler(
             lengths,
             tasknames,
             self.args.train_batch_size,  # padding is per micro-batch
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
+        return self.task_length_sampler
 
     def compute_loss(
         self,
@@ -204,6 +200,37 @@ class ContinualTrainer(Trainer):
             with self.autocast_smart_context_manager():
                 output.metrics.update(self.validation_accuracy(self.model, metric_key_prefix))
         return output
+
+
+class _SamplerEpoch(TrainerCallback):
+    """Gives ``TaskMixedLengthSampler`` the epoch before each epoch's batches are drawn: ``accelerate`` wraps the
+    batches of a multi-process run in a ``BatchSamplerShard``, which does not pass ``set_epoch`` on, and a resumed
+    run must skip batches of the resumed epoch's own order."""
+
+    def __init__(self, trainer: ContinualTrainer) -> None:
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.trainer.task_length_sampler is not None:
+            # state.epoch is the fraction of epochs done: 1.5 when resumed half-way through the second epoch
+            self.trainer.task_length_sampler.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+def _lengths_and_tasks(dataset: Any, length_column: str) -> tuple[list[int], list[str]]:
+    """Each training row's token count and task: from dict rows, ``TokenizedExample`` rows or a ``datasets.Dataset``
+    (its ``length_column`` when it has one, else its ``input_ids``)."""
+    if isinstance(dataset, list):
+        rows = [row.to_dict() if isinstance(row, TokenizedExample) else row for row in dataset]
+        if all(isinstance(row, dict) and "input_ids" in row and "taskname" in row for row in rows):
+            return [len(row["input_ids"]) for row in rows], [row["taskname"] for row in rows]
+    columns = getattr(dataset, "column_names", None) or []
+    if "taskname" in columns and ("input_ids" in columns or length_column in columns):
+        lengths = dataset[length_column] if length_column in columns else [len(ids) for ids in dataset["input_ids"]]
+        return list(lengths), list(dataset["taskname"])
+    raise ConfigError(
+        f"train_sampling_strategy={GROUP_BY_LENGTH_PER_TASK} needs training rows with `input_ids` and `taskname` "
+        "(TokenizedExample rows, dicts, or a Dataset with those columns)"
+    )
 
 
 def build_trainer(

@@ -263,7 +263,7 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
                 n: [(p.get("generated"), p.get("restricted")) for p in r.predictions] for n, r in results.items()
             }
             write_atomic(round_dir / "predictions.json", json.dumps(predictions) + "\n")
-            round_rows = carry_over(output_dir, round_rows, predictions, trained_in, number)
+            round_rows = carry_over(output_dir, round_rows, predictions, trained_in, hashes, number)
             save_rows(round_dir / "evaluation.json", round_key, round_rows)
         rows += round_rows
         clock.lap(f"round {number} evaluation")

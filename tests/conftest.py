@@ -2,9 +2,9 @@
 
 Test tiers (run from the repository root, in the venv):
 
-- Unit, seconds, no real model, what to run while coding::
+- Unit, seconds, no real model, no extra processes, what to run while coding::
 
-      python -m pytest -m "not slow"
+      python -m pytest -m "not slow and not integration"
 
 - Everything, the real SmolLM2-135M included (builds its cache once, ~25 s, then reuses it)::
 
@@ -18,6 +18,8 @@ Markers (declared in `pyproject.toml`, `--strict-markers` is on):
 
 - `slow`: uses the real embedded SmolLM2-135M. Tests that take the `embedded_model` or `embedded_model_dir`
   fixture are marked `slow` automatically.
+- `integration`: starts processes (``tests/distributed``: 2-process data-parallel training on gloo) or runs a whole
+  recipe on tiny models; tens of seconds each.
 - `bnb`: needs bitsandbytes; skipped automatically when it is not installed.
 - `gpu`: needs a CUDA device; skipped automatically when `torch.cuda.is_available()` is False.
 

@@ -29,8 +29,7 @@ class TaskMixedLengthSampler(Sampler[int]):
     Args:
         lengths: tokens per row (``len(input_ids)``).
         tasknames: task of each row.
-        batch_size: rows per optimizer micro-batch (``train_batch_size * gradient_accumulation_steps`` under
-            ``Trainer``, as for its own length grouping).
+        batch_size: rows per micro-batch (``Trainer``'s ``train_batch_size``: padding is per micro-batch).
         chunk_batches: batches per sorted chunk; more removes more padding and makes the order less random.
         seed: base seed of the permutation.
 
@@ -62,7 +61,8 @@ class TaskMixedLengthSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by ``Trainer`` at each epoch: a new order per epoch, the same one when the epoch is rerun."""
+        """A new order per epoch, the same one when the epoch is rerun (``ContinualTrainer`` calls it at each epoch's
+        start, also under ``accelerate``'s batch sharding, which does not pass ``set_epoch`` on)."""
         self.epoch = epoch
 
     def __len__(self) -> int:

@@ -8,6 +8,7 @@ It is a plain ``PeftConfig`` whose fields all survive ``save_pretrained``/``from
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -158,8 +159,8 @@ class ContinualPromptConfig(PeftConfig):
     peft_continual_version: str | None = field(
         default=None,
         metadata={
-            "help": "Version of peft-continual that made this config (filled on creation): a config from a newer "
-            "version with fields this one does not know is refused with the version to install."
+            "help": "Version of peft-continual that saved this config (written by save_pretrained; None before): a "
+            "config from a newer version with fields this one does not know is refused with the version to install."
         },
     )
 
@@ -168,8 +169,6 @@ class ContinualPromptConfig(PeftConfig):
             raise ConfigError(f"task_type={self.task_type!r} is not supported; allowed: 'CAUSAL_LM'")
         super().__post_init__()
         self.peft_type = PEFT_TYPE
-        if self.peft_continual_version is None:
-            self.peft_continual_version = __version__
         if not isinstance(self.templates, (list, tuple)):
             raise ConfigError(f"templates must be a list of templates, got {self.templates!r}")
         self.templates = [self._template_dict(t, i) for i, t in enumerate(self.templates)]
@@ -213,7 +212,16 @@ class ContinualPromptConfig(PeftConfig):
 
     def _check_field_types(self) -> None:
         """The shapes of the fields that ``adapter_config.json`` carries (a hand-edited or damaged file gets this
-        error, not a ``TypeError`` from deep inside the model)."""
+        error, not a ``TypeError`` from deep inside the model); tuples and paths given in code become lists and
+        strings, as JSON would hold them."""
+        if isinstance(self.training_tasks, tuple):
+            self.training_tasks = list(self.training_tasks)
+        if isinstance(self.tokenizer_name_or_path, os.PathLike):
+            self.tokenizer_name_or_path = os.fspath(self.tokenizer_name_or_path)
+        for name in ("taskname_token_ids", "init_token_ids"):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                setattr(self, name, {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()})
         checks = {
             "tokenizer_name_or_path": (_optional(self.tokenizer_name_or_path, str), "a string or null"),
             "taskname_token_ids": (_ids_by_task(self.taskname_token_ids), "an object of task name -> list of ids"),

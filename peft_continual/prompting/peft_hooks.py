@@ -73,6 +73,7 @@ from peft_continual.prompting.safe_load import (
 )
 from peft_continual.prompting.stacking_hooks import stacked_state_keys
 from peft_continual.staging import remove_abandoned_staging, staging_name
+from peft_continual.version import __version__
 
 METHOD_NAME = "continual_prompt"
 """Name of the method as PEFT knows it (``register_peft_method(name=...)``); ``PeftType`` member is its upper case."""
@@ -301,6 +302,9 @@ def save_pretrained(self: PeftModel, save_directory: str | os.PathLike, *args: A
     is_main_process = arguments.get("is_main_process", True)
     if not isinstance(self.base_model, PeftTunerBase) or not is_main_process or os.path.isfile(save_directory):
         return peft_save_pretrained(self, save_directory, *args, **kwargs)
+    for config in self.peft_config.values():  # the version that wrote the file (ContinualPromptConfig's field)
+        if hasattr(config, "peft_continual_version"):
+            config.peft_continual_version = __version__
     with _staging_folder(Path(save_directory)) as staging:
         peft_save_pretrained(self, str(staging), *args, **kwargs)
     return None

@@ -21,6 +21,7 @@ from typing import Any
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HFValidationError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -63,15 +64,20 @@ def hub_adapter_folder(model_id: str | os.PathLike, method: str, **download: Any
     download = {key: value for key, value in download.items() if key in known and key != "filename"}
     try:
         config_path = Path(hf_hub_download(str(model_id), CONFIG_NAME, **download))
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError, OSError):
-        return None
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, HFValidationError):
+        return None  # not a Hub adapter (or not reachable, LocalEntryNotFoundError): PEFT says so as it always did
     folder = config_path.parent
     if read_adapter_config(folder).get("peft_type") != method:
         return None
+    where = f"{model_id}" + (f" (subfolder {download['subfolder']})" if download.get("subfolder") else "")
     try:
         hf_hub_download(str(model_id), SAFETENSORS_WEIGHTS_NAME, **download)
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: offline, or the network is down
+        raise AdapterFileError(
+            f"{where}: {SAFETENSORS_WEIGHTS_NAME} is not in the Hugging Face cache and the Hub cannot be reached "
+            "(offline mode or no network): download the adapter while online first"
+        ) from None
     except EntryNotFoundError:
-        where = f"{model_id}" + (f" (subfolder {download['subfolder']})" if download.get("subfolder") else "")
         raise AdapterFileError(
             f"{where} on the Hugging Face Hub has no {SAFETENSORS_WEIGHTS_NAME}; PEFT would load adapter_model.bin, a "
             "torch pickle, which this library never opens (unpickling can run code): ask its owner for safetensors"

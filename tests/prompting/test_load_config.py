@@ -84,3 +84,32 @@ def test_a_damaged_config_is_refused_with_the_file_by_every_loader(saved, load, 
 
 def test_a_valid_config_still_loads_through_peft_config(saved):
     assert isinstance(PeftConfig.from_pretrained(str(saved)), ContinualPromptConfig)
+
+
+def test_tuples_and_paths_given_in_code_are_kept_as_json_would_hold_them(tmp_path):
+    from peft_continual.data.templates import TaskTemplate
+
+    template = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence}: {label}", 2, [2], "label")
+    config = ContinualPromptConfig(
+        templates=[template],
+        training_tasks=("sentiment",),
+        taskname_token_ids={"sentiment": (5, 6)},
+        tokenizer_name_or_path=tmp_path,
+    )
+    assert (config.training_tasks, config.taskname_token_ids) == (["sentiment"], {"sentiment": [5, 6]})
+    assert config.tokenizer_name_or_path == str(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("frozen_tasks", ["sentiment"], "frozen_tasks must be an object of task name -> number of virtual tokens"),
+        ("token_dim", "576", "token_dim must be a positive integer or null"),
+        ("taskname_token_ids", {"sentiment": "5 6"}, "taskname_token_ids must be an object of task name -> list"),
+        ("base_model_fingerprint", [], "base_model_fingerprint must be an object or null"),
+    ],
+)
+def test_a_field_of_the_wrong_shape_is_refused_with_the_file_and_the_field(saved, field, value, expected):
+    path = rewrite_config(saved, lambda d: d.update({field: value}))
+    with pytest.raises(ConfigError, match=rf"{path}: {expected}"):
+        PeftModel.from_pretrained(tiny_model(), saved)

@@ -100,3 +100,20 @@ def test_other_methods_on_the_hub_keep_pefts_loading(hub, tmp_path):
     loaded = PeftModel.from_pretrained(tiny_model(), "team/lora")
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
     assert "adapter_model.safetensors" in fetched  # by PEFT, not by this library's check
+
+
+def test_offline_without_the_weights_in_the_cache_says_so(saved, hub, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repos, _ = hub
+    repos["team/table"] = saved
+    download = safe_load.hf_hub_download
+
+    def offline(repo_id, filename, **kwargs):
+        if filename == "adapter_model.safetensors":
+            raise LocalEntryNotFoundError("not in the cache and outgoing traffic is disabled")
+        return download(repo_id, filename, **kwargs)
+
+    monkeypatch.setattr(safe_load, "hf_hub_download", offline)
+    with pytest.raises(AdapterFileError, match="not in the Hugging Face cache and the Hub cannot be reached"):
+        PeftModel.from_pretrained(tiny_model(), "team/table")

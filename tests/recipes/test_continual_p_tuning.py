@@ -91,7 +91,8 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     assert all(v["rows_identical"] and v["predictions_identical"] for v in frozen.values())
     assert {v["predictions_rechecked"] for v in frozen.values()} == {3}  # of 4 test records: the rest carried over
     for before, after in zip(rows[3:5], rows[5:7], strict=True):
-        assert after == replace(before, stage="round 2", trainable_parameters=0) and after.examples == 4
+        assert after == replace(before, stage="round 2", trainable_parameters=0, carried_from="round 1")
+        assert after.examples == 4
     for name in ("results.md", "training_loss.png", "accuracy.png", "round_2/table/adapter_model.safetensors"):
         assert (output_dir / name).exists(), name
     assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0

@@ -1,0 +1,75 @@
+"""Train the continual prompt method on a tiny random model, the way ``accelerate launch`` (DDP) runs a recipe.
+
+Run alone (one process) or under ``accelerate launch --num_processes 2 --cpu`` (gloo): every process trains; the
+main process freezes the tasks and saves the table. ``tests/distributed/test_ddp.py`` compares the two tables.
+
+    python tests/distributed/train_tiny.py OUTPUT_DIR PER_DEVICE_BATCH
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from peft import get_peft_model
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from peft_continual.data.records import records_from_dicts  # noqa: E402
+from peft_continual.data.templates import TaskTemplate  # noqa: E402
+from peft_continual.data.tokenize import PromptTokenizer  # noqa: E402
+from peft_continual.prompting import ContinualPromptConfig  # noqa: E402
+from peft_continual.training import ContinualTrainingArguments, build_trainer  # noqa: E402
+from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model  # noqa: E402
+
+TEMPLATES = [
+    TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label"),
+    TaskTemplate("intent", "{utterance}<|VIRTUAL_PROMPT_0|>\n{label}", 3, [3], "label"),
+]
+
+
+def main(output_dir: Path, per_device_batch: int) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR)
+    rows = []
+    labels = ["positive", "very negative indeed", "neutral", "mixed"]
+    for i in range(16):  # the tasks alternate, so each process's half of a batch holds both; answers of 1-4 tokens
+        rows.append({"taskname": "sentiment", "sentence": f"Sales rose {i}% in Q{i % 4}", "label": labels[i % 4]})
+        rows.append({"taskname": "intent", "utterance": f"wake me at {i} am", "label": "alarm_set" * (1 + i % 3)})
+    examples = PromptTokenizer(tokenizer, TEMPLATES).tokenize_records(records_from_dicts(rows)).examples
+    config = ContinualPromptConfig(templates=TEMPLATES, encoder_type="mlp").tokenize_tasknames(tokenizer)
+    torch.manual_seed(0)  # the encoder's initialisation: the same in every process
+    model = get_peft_model(build_tiny_model("llama"), config)
+    args = ContinualTrainingArguments(
+        output_dir=str(output_dir / "checkpoints"),
+        per_device_train_batch_size=per_device_batch,
+        learning_rate=1e-2,
+        max_steps=4,
+        save_steps=2,
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
+        precision="fp32",
+        disable_tqdm=True,
+        report_to=[],
+        train_sampling_strategy="sequential",  # the same order of rows whatever the process count
+    )
+    trainer = build_trainer(model, args, examples, tokenizer.pad_token_id)
+    if PartialState().is_main_process:  # each task's prompt before training, to see that training moved it
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            start = {name: rows.detach().clone().contiguous() for name, rows in model.task_prompts().items()}
+        save_file(start, output_dir / "untrained.safetensors")
+    trainer.train()
+    if PartialState().is_main_process:
+        model.freeze_tasks()
+        model.save_pretrained(output_dir / "table")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]))
