@@ -44,6 +44,7 @@ from peft_continual.experiment import (
 )
 from peft_continual.frozen_recheck import carry_over, frozen_check, records_to_evaluate
 from peft_continual.machine import machine_facts
+from peft_continual.model_card import write_table_card
 from peft_continual.preflight import check_continual_run
 from peft_continual.results import (
     ResultRow,
@@ -266,6 +267,12 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             round_rows = carry_over(output_dir, round_rows, predictions, trained_in, hashes, number)
             save_rows(round_dir / "evaluation.json", round_key, round_rows)
         rows += round_rows
+        write_table_card(  # the table's README.md: tasks, rounds, these results, the settings (peft_continual.model_card)
+            round_dir / "table", model.peft_config["default"], results=round_rows, rounds=trained_in,
+            training={"learning_rate": training.learning_rate, "steps": recipe.round_max_steps[number - 1],
+                      "batch_size": training.per_device_train_batch_size, "encoder_type": recipe.encoder_type,
+                      "precision": training.precision_choice.precision.value},
+        )  # fmt: skip
         clock.lap(f"round {number} evaluation")
         # 10 results so far: a long run shows its finished rounds before the next one ends
         spent = [*earlier_minutes, round((time.time() - started) / 60, 1)]

@@ -62,6 +62,7 @@ from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
 
 from peft_continual.errors import ConfigError
+from peft_continual.model_card import write_table_card
 from peft_continual.prompting.safe_load import (
     check_adapter_weights,
     check_config_object,
@@ -290,6 +291,8 @@ def from_json_file(cls: type, path_json_file: str, **kwargs: Any) -> dict[str, A
 def save_pretrained(self: PeftModel, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
     """PEFT's ``save_pretrained``; for this method each file is written in full before it replaces the old one.
 
+    The model card (``README.md``) is this method's own (``peft_continual.model_card``), not PEFT's blank template.
+
     PEFT writes ``adapter_model.safetensors``, ``adapter_config.json`` and ``README.md`` (plus ``<adapter>/`` folders
     for other adapter names) straight into ``save_directory``. Here it writes them into a staging folder inside
     ``save_directory`` (same file system, so the rename is atomic), then each file is flushed to disk and moved into
@@ -307,6 +310,9 @@ def save_pretrained(self: PeftModel, save_directory: str | os.PathLike, *args: A
             config.peft_continual_version = __version__
     with _staging_folder(Path(save_directory)) as staging:
         peft_save_pretrained(self, str(staging), *args, **kwargs)
+        selected = arguments.get("selected_adapters") or list(self.peft_config)
+        # PEFT's blank card template is replaced by the table's own card (updated, if one was there)
+        write_table_card(staging, self.peft_config[selected[0]], name=Path(save_directory).name)
     return None
 
 

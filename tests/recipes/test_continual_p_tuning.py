@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import Trainer
 
 from peft_continual.errors import ConfigError
@@ -93,6 +94,11 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     for before, after in zip(rows[3:5], rows[5:7], strict=True):
         assert after == replace(before, stage="round 2", trainable_parameters=0, carried_from="round 1")
         assert after.examples == 4
+    card = ModelCard.load(output_dir / "round_2" / "table" / "README.md").data.to_dict()["peft_continual"]
+    assert {name: task["round"] for name, task in card["tasks"].items()} == {
+        "sentiment": 1, "intent_and_slot": 1, "sentiment_no": 2
+    }  # fmt: skip
+    assert set(card["results"]) == {"sentiment", "intent_and_slot", "sentiment_no"} and card["training"]["steps"] == 2
     for name in ("results.md", "training_loss.png", "accuracy.png", "round_2/table/adapter_model.safetensors"):
         assert (output_dir / name).exists(), name
     assert rows[-1].stored_parameters == 4 * 32 and rows[-1].trainable_parameters > 0
