@@ -31,7 +31,7 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(K,)`` sorted positions in ``[0, L - 1)``.
 
-    Example:
+    Examples:
         >>> labels = torch.tensor([[-100, -100, 7, 8], [-100, 5, -100, -100]])
         >>> labelled_positions(labels).tolist()
         [0, 1, 2]

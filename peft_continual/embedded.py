@@ -13,7 +13,7 @@ Cache folder, first match wins: the `cache_dir` argument, then `$PEFT_CONTINUAL_
 `~/.cache/peft_continual/smollm2-135m-instruct`. The folder is written under a temporary name next to it and renamed
 into place, so a crash never leaves a half-written cache that would later load as a broken model.
 
-Example:
+Examples:
     >>> from peft_continual.embedded import load_embedded_model
     >>> model, tokenizer = load_embedded_model()
     >>> messages = [{"role": "user", "content": "What is the capital of France?"}]

@@ -176,7 +176,7 @@ def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str])
     """``HfArgumentParser`` over the dataclasses: ``--config FILE.yaml`` sets defaults (its keys are the flags'
     names, as in TRL), flags given on the command line override them.
 
-    Example:
+    Examples:
         >>> from peft_continual.data.fewshot import FewShotConfig
         >>> parse_config_and_flags([FewShotConfig], ["--k", "2"])[0].k
         2

@@ -93,7 +93,7 @@ def _probe(check) -> bool:
 def machine_facts() -> dict[str, Any]:
     """The facts a results file records: CPU, threads, device, bf16 support, capping variables, versions.
 
-    Example:
+    Examples:
         >>> {"cpu", "torch_threads", "device", "torch", "peft"} <= set(machine_facts())
         True
     """

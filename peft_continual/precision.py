@@ -45,7 +45,7 @@ class Precision(str, Enum):
 class PrecisionChoice:
     """The outcome of ``choose_precision``: where training runs, in which precision, and why.
 
-    Example:
+    Examples:
         >>> choice = PrecisionChoice("cpu", Precision.FP32, "asked for fp32")
         >>> choice.autocast_dtype is None, str(choice)
         (True, 'training precision: fp32 on cpu (asked for fp32)')
@@ -78,7 +78,7 @@ def choose_precision(requested: Precision | str = Precision.AUTO, device: str | 
         PrecisionError: ``requested`` is unknown, or the device cannot run it (bf16 on a GPU without bf16 or on a CPU
             whose oneDNN has no bf16; fp16 on a CPU).
 
-    Example:
+    Examples:
         >>> choose_precision("fp32", "cpu").precision.value
         'fp32'
     """

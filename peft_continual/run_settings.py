@@ -32,7 +32,7 @@ def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> N
     Raises:
         ConfigError: the folder holds a run made with other settings; the message lists each difference.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> check_run_settings(folder, {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 20}}})

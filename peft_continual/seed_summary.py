@@ -68,7 +68,7 @@ class SeedSummary:
 def summarize_over_seeds(rows: Sequence[ResultRow]) -> list[SeedSummary]:
     """Group rows by (task, stage), in first-seen order; rows with the same seed twice are kept as given.
 
-    Example:
+    Examples:
         >>> rows = [ResultRow("s", "lora", 0.90, 0.92, None, 0, 10, seed=0),
         ...         ResultRow("s", "lora", 0.94, 0.92, None, 0, 10, seed=1)]
         >>> (summary,) = summarize_over_seeds(rows)

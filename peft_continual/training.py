@@ -67,7 +67,7 @@ class ContinualTrainingArguments(TrainingArguments):
       that cannot run the precision asked for raises ``PrecisionError`` here, before any work. The choice and its
       reason are in ``precision_choice`` (``str()`` of it is one log line).
 
-    Example:
+    Examples:
         >>> args = ContinualTrainingArguments(output_dir="out", max_steps=10, precision="fp32")
         >>> args.remove_unused_columns, args.label_names, args.bf16
         (False, ['labels'], False)

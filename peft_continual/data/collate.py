@@ -33,7 +33,7 @@ class ContinualPromptCollator:
     With ``virtual_tokens=False`` the last two are left out, for models that take only the text (LoRA, IA3 or full
     fine-tuning baselines on ``template.without_virtual_tokens()``); a row with virtual tokens then raises.
 
-    Example:
+    Examples:
         >>> collate = ContinualPromptCollator(pad_token_id=0, padding_side="left")
         >>> batch = collate([TokenizedExample([5, 6, 7], [-100] * 3, [0], "a", "x"), TokenizedExample([8], [-100], [0], "b", "y")])
         >>> batch["virtual_token_mask"].tolist()

@@ -36,7 +36,7 @@ class Sampling(str, Enum):
 class FewShotConfig:
     """Which demonstrations a few-shot prompt holds and how they are joined.
 
-    Example:
+    Examples:
         >>> FewShotConfig(k=2, sampling="total", seed=3).sampling
         <Sampling.TOTAL: 'total'>
     """
@@ -138,7 +138,7 @@ def select_demonstrations(
 def render_demonstration(template: TaskTemplate, record: TaskRecord) -> str:
     """A record as the template shows it to the model, answer included, virtual-token markers removed.
 
-    Example:
+    Examples:
         >>> t = TaskTemplate("s", "<|VIRTUAL_PROMPT_0|>{sentence} sentiment: {label}", 3, [3], "label")
         >>> render_demonstration(t, TaskRecord("s", {"sentence": "Up 5%.", "label": "positive"}, "x"))
         'Up 5%. sentiment: positive'
@@ -166,7 +166,7 @@ def fewshot_template(
     ``evaluate_tasks``. Demonstrations make prompts long; give the ``PromptTokenizer`` a ``max_length`` that fits them
     (only the query's ``truncate_field`` can be cut, never the demonstrations).
 
-    Example:
+    Examples:
         >>> t = TaskTemplate("s", "<|VIRTUAL_PROMPT_0|>{sentence} sentiment: {label}", 3, [3], "label")
         >>> train = [TaskRecord("s", {"sentence": "Up.", "label": "positive"}, "train:1")]
         >>> fewshot_template(t, train).prompt_template

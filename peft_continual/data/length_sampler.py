@@ -33,7 +33,7 @@ class TaskMixedLengthSampler(Sampler[int]):
         chunk_batches: batches per sorted chunk; more removes more padding and makes the order less random.
         seed: base seed of the permutation.
 
-    Example:
+    Examples:
         >>> tasks = ["short"] * 4 + ["long"] * 4
         >>> sampler = TaskMixedLengthSampler([5, 9, 6, 8, 30, 31, 33, 29], tasks, batch_size=4)
         >>> order = list(sampler)

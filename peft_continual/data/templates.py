@@ -59,7 +59,7 @@ Piece = TextPiece | VirtualSlot
 class TaskTemplate:
     """How one task's records become model input: NeMo's ``task_templates`` entry, validated.
 
-    Example:
+    Examples:
         >>> t = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 10, [10], "label")
         >>> t.input_fields
         ('sentence',)

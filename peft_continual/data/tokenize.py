@@ -70,7 +70,7 @@ class PromptTokenizer:
         placeholder_token_id: id written at virtual positions; any valid id (the model ignores it). Defaults to the
             tokenizer's unk, pad or eos token.
 
-    Example:
+    Examples:
         >>> pt = PromptTokenizer(tokenizer, [TaskTemplate("s", "<|VIRTUAL_PROMPT_0|>{x} is {y}", 2, [2], "y")])
         >>> ex = pt(TaskRecord("s", {"x": "Sky", "y": "blue"}, "doc"))
         >>> ex.virtual_positions

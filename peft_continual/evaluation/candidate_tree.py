@@ -47,7 +47,7 @@ class CandidateTree:
 def build_tree(continuations: Sequence[Sequence[int]]) -> CandidateTree:
     """Pack token sequences (each a candidate's answer tokens after the shared prompt) into one tree.
 
-    Example:
+    Examples:
         >>> tree = build_tree([[5, 6, 7], [5, 6, 8], [5, 9]])
         >>> tree.input_ids, tree.depths, tree.parents, tree.paths
         ([5, 6], [0, 1], [-1, 0], [[0, 1], [0, 1], [0]])

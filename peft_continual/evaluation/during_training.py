@@ -36,7 +36,7 @@ class ValidationAccuracy:
       intent-and-slot tasks (their candidate tree of 64 intents costs ~3x generation, and generation also gives the
       slot F1).
 
-    Example:
+    Examples:
         >>> accuracy = ValidationAccuracy(prompt_tokenizer, validation_records, task_evaluations)  # doctest: +SKIP
         >>> accuracy(model)  # doctest: +SKIP
         {'eval_sentiment_accuracy': 0.9, 'eval_intent_accuracy': 0.7, 'eval_intent_slot_f1': 0.4,

@@ -134,7 +134,7 @@ def generate_answers(
         The generated text per record (special tokens removed), ``None`` for a record skipped as too long
         (``on_too_long="skip"``).
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> from peft_continual.data.templates import TaskTemplate
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,

@@ -29,7 +29,7 @@ class LabelNormalization:
     The same steps are applied to every label, variant and output; an output is recognised when its normalised form
     equals the normalised form of a label or of a variant. Normalised forms of two different labels must differ.
 
-    Example:
+    Examples:
         >>> norm = LabelNormalization(["positive", "negative", "neutral"], variants={"positiva": "positive"})
         >>> norm.normalize("  Positive.\\nbecause..."), norm.normalize("POSITIVA!"), norm.normalize("good")
         ('positive', 'positive', None)

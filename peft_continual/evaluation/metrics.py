@@ -50,7 +50,7 @@ def classification_metrics(
         present in the references), ``predicted_per_class`` and ``gold_per_class`` (counts: a model that collapses
         onto one class shows it here), ``num_examples``, ``num_correct``, ``num_outside_label_set``.
 
-    Example:
+    Examples:
         >>> m = classification_metrics(["a", None, "b"], ["a", "b", "b"], labels=["a", "b", "c"])
         >>> round(m["accuracy"], 3), round(m["macro_f1"], 3), m["num_outside_label_set"]
         (0.667, 0.833, 1)
@@ -106,7 +106,7 @@ def intent_slot_metrics(predictions: Sequence[IntentSlots], references: Sequence
         ``num_intent_correct``, ``num_exact_match``, ``num_malformed``, and the pair counts ``num_slots_predicted``,
         ``num_slots_gold``, ``num_slots_correct``.
 
-    Example:
+    Examples:
         >>> from peft_continual.evaluation.slots import parse_intent_and_slots as parse
         >>> m = intent_slot_metrics([parse("Intent: a\\nSlots: t(x)")], [parse("Intent: a\\nSlots: t(x), u(y)")])
         >>> m["intent_accuracy"], m["slot_precision"], m["slot_recall"], m["exact_match"]

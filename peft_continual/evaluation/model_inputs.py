@@ -51,7 +51,7 @@ def model_inputs(
     Raises:
         PeftContinualError: ``pass_virtual_tokens=False`` but the batch has virtual tokens.
 
-    Example:
+    Examples:
         >>> batch = {"input_ids": torch.ones(1, 2, dtype=torch.long), "attention_mask": torch.ones(1, 2),
         ...          "virtual_token_mask": torch.zeros(1, 2, dtype=torch.bool), "tasknames": ["a"]}
         >>> sorted(model_inputs(batch))

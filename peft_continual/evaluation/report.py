@@ -159,7 +159,7 @@ def evaluate_tasks(
         ConfigError: a task's template has no answer field.
         RecordError: a gold label is outside its task's label set.
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> from peft_continual.data.templates import TaskTemplate
         >>> from peft_continual.evaluation.labels import LabelNormalization

@@ -339,7 +339,7 @@ def score_candidates(
         One ``RestrictedChoice`` per record, in order; ``None`` for a record whose candidate example is longer than
         ``max_length`` and skipped (``on_too_long="skip"``).
 
-    Example:
+    Examples:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
         >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32,
         ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, eos_token_id=2, pad_token_id=2))

@@ -55,7 +55,7 @@ def parse_slot_list(text: str) -> tuple[Counter[SlotPair], list[str]]:
     A slot with no closing ``)`` (typically cut off by ``max_new_tokens``) or an empty value is dropped and reported,
     because its value cannot be trusted; text before the first slot is ignored and reported.
 
-    Example:
+    Examples:
         >>> pairs, problems = parse_slot_list("person(meredith , betty og erika), time(five")
         >>> dict(pairs), problems
         ({('person', 'meredith , betty og erika'): 1}, ["slot 'time' has no closing ')'; dropped"])
@@ -93,7 +93,7 @@ def parse_intent_and_slots(text: str) -> IntentSlots:
     The first ``Intent:`` and the first ``Slots:`` are used (keys are case-insensitive, either may be missing);
     anything a model generates after the slot line is ignored.
 
-    Example:
+    Examples:
         >>> parsed = parse_intent_and_slots("Intent: alarm_set\\nSlots: date(this week), time(five am)")
         >>> parsed.intent, sorted(parsed.slots), parsed.malformed
         ('alarm_set', [('date', 'this week'), ('time', 'five am')], False)

@@ -36,7 +36,7 @@ class TaskEvaluation:
     sentiment task, but about 140 for the 64 intents of ``assistant_nlu`` (several times the answer's own length), which
     is why ``restricted`` defaults to on for classification and off for intent-and-slot tasks.
 
-    Example:
+    Examples:
         >>> task = TaskEvaluation("sentiment", labels={"labels": ["positive", "negative", "neutral"]})
         >>> task.kind.value, task.candidates().texts
         ('classification', ('positive', 'negative', 'neutral'))
