@@ -11,7 +11,8 @@ virtual-token count and the round that added it, the results, the base-model fin
 (``write_table_card``); a recipe calls ``write_table_card`` again with its results and settings. An existing card is
 updated, never replaced blindly: tasks of earlier rounds keep their round and their results, so pushing after round
 2 still lists round 1's tasks with the numbers measured then. The per-task facts live in the metadata key
-``peft_continual`` so the next update can read them back.
+``peft_continual`` so the next update can read them back. Text the user wrote in the card, and metadata keys this
+library does not set, stay: the library's part of the body sits between two HTML comments and only it is replaced.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def write_table_card(
         The card written.
     """
     path = Path(folder) / "README.md"
-    previous = _previous_facts(path)
+    existing = _load_card(path)
+    previous = _previous_facts(existing)
     tasks = _task_facts(config, previous.get("tasks", {}), rounds or {})
     scores = {**previous.get("results", {}), **_scores(results)}
     base = base_model or previous.get("base_model") or base_model_id(getattr(config, "base_model_name_or_path", None))
@@ -94,18 +96,47 @@ def write_table_card(
         eval_results=_eval_results(scores) or None,
         peft_continual={"version": __version__, "tasks": tasks, "results": scores, "training": settings},
     )
-    card = ModelCard.from_template(data, template_str=_TEMPLATE, body=_body(config, tasks, scores, settings, base))
+    ours = data.to_dict()
+    for key, value in (existing.data.to_dict() if existing else {}).items():
+        if key not in ours and key != "model-index":  # the user's own metadata stays
+            setattr(data, key, value)
+    user_text = _user_text(existing)
+    heading = "## The prompt table" if user_text else f"# {name or Path(folder).name}"
+    section = f"{BEGIN}\n{heading}\n\n{_body(config, tasks, scores, settings, base)}\n{END}"
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + (f"{user_text}\n\n" if user_text else "") + section + "\n")
     write_atomic(path, str(card))
     return card
 
 
-def _previous_facts(path: Path) -> dict[str, Any]:
+BEGIN, END = "<!-- peft-continual: begin -->", "<!-- peft-continual: end -->"
+"""Around the part of the card this library writes: text outside it is the user's and stays on every update."""
+
+
+def _load_card(path: Path) -> ModelCard | None:
     if not path.is_file():
-        return {}
+        return None
     try:
-        data = ModelCard.load(path).data.to_dict()
-    except Exception:  # noqa: BLE001 - a foreign or damaged card is replaced, not a reason to fail a save
+        return ModelCard.load(path)
+    except Exception:  # noqa: BLE001 - a foreign or damaged card is kept as text, never a reason to fail a save
+        return ModelCard(path.read_text(encoding="utf-8", errors="replace"), ignore_metadata_errors=True)
+
+
+def _user_text(card: ModelCard | None) -> str:
+    """The card's text that is not this library's section, nor PEFT's blank template."""
+    if card is None:
+        return ""
+    text = card.text
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + text[text.index(END) + len(END) :]
+    if "[More Information Needed]" in text:  # PEFT's template ("Model Card for Model ID ..."), nothing of the user
+        return ""
+    return text.strip()
+
+
+def _previous_facts(card: ModelCard | None) -> dict[str, Any]:
+    if card is None:
         return {}
+    data = card.data.to_dict()
     facts = dict(data.get("peft_continual") or {})
     facts.update({key: data.get(key) for key in ("base_model", "license", "datasets", "language") if data.get(key)})
     return facts
@@ -213,13 +244,3 @@ def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base:
         lines += ["", "## Training settings", ""] + [f"- {key}: {value}" for key, value in settings.items()]
     lines += ["", f"Card written by peft-continual {__version__}."]
     return "\n".join(lines)
-
-
-_TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ model_name | default("Prompt table", true) }}
-
-{{ body }}
-"""

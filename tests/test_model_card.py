@@ -76,3 +76,15 @@ def test_the_base_model_is_named_by_a_hub_id_never_a_local_path(name_or_path, ex
     embedded = tmp_path / "smollm2-135m-instruct"
     embedded.mkdir()
     assert base_model_id(str(embedded)) == EMBEDDED_HUB_ID
+
+
+def test_the_users_own_text_and_metadata_stay_through_repeated_saves(tmp_path):
+    (tmp_path / "README.md").write_text(
+        "---\nlicense: mit\nwidget: []\n---\n# Sentiment prompts\n\nTrained by the NLU team.\n"
+    )
+    model = saved_table(tmp_path)
+    model.save_pretrained(tmp_path)  # twice: one section of ours, the user's text once
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("Trained by the NLU team.") == 1 and text.count("<!-- peft-continual: begin -->") == 1
+    data = ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert data["license"] == "mit" and data["widget"] == [] and "peft-continual" in data["tags"]
