@@ -7,23 +7,20 @@ It is a plain ``PeftConfig`` whose fields all survive ``save_pretrained``/``from
 
 from __future__ import annotations
 
-import difflib
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
 from peft import PeftConfig
 from peft.utils import CONFIG_NAME
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
+from peft_continual.prompting.config_fields import check_field_types, positive_int, refuse_unknown_fields
 from peft_continual.prompting.peft_hooks import PEFT_TYPE
 from peft_continual.stacking import active_stacked_names, stacked_config_dicts
-from peft_continual.version import __version__
 
 
 class EncoderType(str, Enum):
@@ -185,7 +182,7 @@ class ContinualPromptConfig(PeftConfig):
                 f"prompt_init={self.prompt_init!r} is not one of {allowed(p.value for p in PromptInit)}"
             ) from None
         self._check_numbers()
-        self._check_field_types()
+        check_field_types(self)
         self._check_tasks()
         self.stacked_adapters = stacked_config_dicts(self.stacked_adapters)
         self.active_stacked_adapters = active_stacked_names(self.stacked_adapters, self.active_stacked_adapters)
@@ -199,49 +196,16 @@ class ContinualPromptConfig(PeftConfig):
         return TaskTemplate.from_dict(template, source=f"templates[{index}]").to_dict()
 
     def _check_numbers(self) -> None:
-        if self.encoder_hidden_size is not None and not _positive_int(self.encoder_hidden_size):
+        if self.encoder_hidden_size is not None and not positive_int(self.encoder_hidden_size):
             raise ConfigError(
                 f"encoder_hidden_size must be a positive integer or None, got {self.encoder_hidden_size!r}"
             )
-        if not _positive_int(self.encoder_num_layers):
+        if not positive_int(self.encoder_num_layers):
             raise ConfigError(f"encoder_num_layers must be a positive integer, got {self.encoder_num_layers!r}")
         if not isinstance(self.encoder_dropout, (int, float)) or not 0 <= self.encoder_dropout < 1:
             raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
         if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
             raise ConfigError(f"init_text must be a non-empty string or None, got {self.init_text!r}")
-
-    def _check_field_types(self) -> None:
-        """The shapes of the fields that ``adapter_config.json`` carries (a hand-edited or damaged file gets this
-        error, not a ``TypeError`` from deep inside the model); tuples and paths given in code become lists and
-        strings, as JSON would hold them."""
-        if isinstance(self.training_tasks, tuple):
-            self.training_tasks = list(self.training_tasks)
-        if isinstance(self.tokenizer_name_or_path, os.PathLike):
-            self.tokenizer_name_or_path = os.fspath(self.tokenizer_name_or_path)
-        for name in ("taskname_token_ids", "init_token_ids"):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                setattr(self, name, {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()})
-        checks = {
-            "tokenizer_name_or_path": (_optional(self.tokenizer_name_or_path, str), "a string or null"),
-            "taskname_token_ids": (_ids_by_task(self.taskname_token_ids), "an object of task name -> list of ids"),
-            "init_token_ids": (_ids_by_task(self.init_token_ids), "an object of task name -> list of ids"),
-            "frozen_tasks": (
-                isinstance(self.frozen_tasks, dict) and all(_positive_int(n) for n in self.frozen_tasks.values()),
-                "an object of task name -> number of virtual tokens",
-            ),
-            "training_tasks": (
-                self.training_tasks is None
-                or (isinstance(self.training_tasks, list) and all(isinstance(n, str) for n in self.training_tasks)),
-                "a list of task names or null",
-            ),
-            "token_dim": (self.token_dim is None or _positive_int(self.token_dim), "a positive integer or null"),
-            "base_model_fingerprint": (_optional(self.base_model_fingerprint, dict), "an object or null"),
-            "peft_continual_version": (_optional(self.peft_continual_version, str), "a version string"),
-        }
-        for name, (valid, expected) in checks.items():
-            if not valid:
-                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
     def _check_tasks(self) -> None:
         by_name = check_unique_tasknames(self.task_templates())
@@ -354,25 +318,7 @@ class ContinualPromptConfig(PeftConfig):
         old_ids = kwargs.pop("init_text_token_ids", None)
         if old_ids and "init_token_ids" not in kwargs:
             kwargs["init_token_ids"] = {name: list(old_ids) for name in kwargs.get("training_tasks") or []}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            named = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, known, n=1)
-                named.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            written_by = kwargs.get("peft_continual_version")
-            if _newer(written_by):
-                cause = (
-                    f"peft-continual {written_by} wrote it and this is {__version__}: upgrade with "
-                    f"pip install -U 'peft-continual>={written_by}'"
-                )
-            else:
-                cause = "fix the name, or, if a newer peft-continual wrote it, upgrade peft-continual"
-            raise ConfigError(
-                f"unknown field(s) {', '.join(named)} in a {PEFT_TYPE.value} config: {cause} (PEFT alone would drop "
-                "the field silently)"
-            )
+        refuse_unknown_fields({f.name for f in fields(cls)}, kwargs, PEFT_TYPE.value)
         return kwargs
 
     @classmethod
@@ -385,30 +331,6 @@ class ContinualPromptConfig(PeftConfig):
             return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         except (ConfigError, TemplateError) as error:  # a damaged file: AdapterFileError from PEFT's reader already
             raise type(error)(f"{file}: {error}") from None
-
-
-def _newer(version: Any) -> bool:
-    """Is ``version`` (a config's ``peft_continual_version``) newer than this library?"""
-    try:
-        return isinstance(version, str) and Version(version) > Version(__version__)
-    except InvalidVersion:
-        return False
-
-
-def _optional(value: Any, kind: type) -> bool:
-    return value is None or isinstance(value, kind)
-
-
-def _ids_by_task(value: Any) -> bool:
-    """A dict of task name -> list of token ids (ints >= 0)."""
-    return isinstance(value, dict) and all(
-        isinstance(ids, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids)
-        for ids in value.values()
-    )
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _load_tokenizer(name_or_path: str | None, missing: Sequence[str]) -> Any:
