@@ -60,7 +60,7 @@ class ContinualTrainingArguments(TrainingArguments):
 
     - ``train_sampling_strategy="group_by_length_per_task"``: batches that keep the mix of tasks while each task's
       rows in a batch have similar lengths (``peft_continual.data.length_sampler``); on the demo's data it cuts the
-      padded tokens of round 1 from 30% to 15% and of round 2 from 40% to 2%.
+      padded tokens of round 1 from 30% to 15% and of round 2 from 40% to 2% (``bench/padding.py``).
     - ``precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``): ``auto`` chooses from the hardware (see
       ``peft_continual.precision``) and sets ``bf16``/``fp16`` (and ``use_cpu`` for bf16 on a CPU-only machine, which
       transformers requires). ``--bf16 true``/``--fp16 true`` are read as ``precision`` asked for by name. A device

@@ -116,13 +116,9 @@ def _sum_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     targets = targets.to(logits.device)
     mask = targets != IGNORE_INDEX
     picked = logits[mask]  # (N, V), only the scored positions: the full (B, T, V) is never copied
+    log_probs = _log_probs_of_rows(picked, torch.arange(len(picked), device=picked.device), targets[mask])
     rows = mask.nonzero()[:, 0]
-    return torch.zeros(targets.shape[0], device=logits.device).index_add_(0, rows, _log_probs(picked, targets[mask]))
-
-
-def _log_probs(picked: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(picked[s])[targets[s]]`` in float32: (S, V) logits and (S,) ids -> (S,)."""
-    return torch.log_softmax(picked.float(), dim=-1).gather(1, targets.unsqueeze(1)).squeeze(1)
+    return torch.zeros(targets.shape[0], device=logits.device).index_add_(0, rows, log_probs)
 
 
 def _log_probs_of_rows(logits: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
