@@ -78,6 +78,13 @@ class TechniqueArguments:
             "help": "prompt_tuning, peft_prompt_tuning: peak learning rate of the rows (p-tuning: learning_rate)."
         },
     )
+    p_tuning_start_rows_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "p_tuning, p_tuning+lora: peak learning rate of the text rows the prompts start from (the "
+            "encoder's correction trains at learning_rate); None: learning_rate for both."
+        },
+    )
     peft_p_tuning_learning_rate: float = field(
         default=3e-3, metadata={"help": "peft_p_tuning: peak learning rate of PEFT's encoder (ours: learning_rate)."}
     )
@@ -224,8 +231,13 @@ def technique_param_groups(technique: str, model: nn.Module, args: TechniqueArgu
     if technique in rates:
         return [{"params": trainable, "lr": rates[technique]}]
     if technique == "prompt_tuning":
-        prompt_lr = args.prompt_tuning_learning_rate
-    return param_groups(model, prompt_lr=prompt_lr, stacked_lr=args.lora_learning_rate)
+        return param_groups(model, prompt_lr=args.prompt_tuning_learning_rate, stacked_lr=args.lora_learning_rate)
+    return param_groups(
+        model,
+        prompt_lr=prompt_lr,
+        stacked_lr=args.lora_learning_rate,
+        start_rows_lr=args.p_tuning_start_rows_learning_rate,
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

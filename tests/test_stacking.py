@@ -119,6 +119,17 @@ def test_param_groups_give_prompts_and_lora_their_own_learning_rates():
     assert [g["lr"] for g in param_groups(model, prompt_lr=1e-3, stacked_lr=2e-4)] == [1e-3], "frozen: left out"
 
 
+def test_param_groups_give_the_start_rows_their_own_learning_rate():
+    model = stacked_model()
+    start_rows = [p for n, p in model.named_parameters() if ".start_rows." in n]
+    assert start_rows, "the default prompt_init='text' trains start rows"
+    groups = param_groups(model, prompt_lr=1e-2, stacked_lr=2e-4, start_rows_lr=3e-2)
+    assert [g["lr"] for g in groups] == [3e-2, 1e-2, 2e-4]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in start_rows}
+    encoder = {id(p) for p in model.prompt_parameters()} - {id(p) for p in start_rows}
+    assert {id(p) for p in groups[1]["params"]} == encoder and encoder
+
+
 def test_trainer_trains_both_with_separate_learning_rates(tmp_path):
     model = stacked_model()
     optimizer = torch.optim.AdamW(param_groups(model, prompt_lr=1e-2, stacked_lr=5e-3))
