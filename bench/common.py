@@ -29,7 +29,7 @@ from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord, read_jsonl
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
-from peft_continual.experiment import default_data_dir
+from peft_continual.experiments.task_files import default_data_dir
 from peft_continual.machine import machine_facts
 
 # Expected here, and repeated on every call: PEFT's P_TUNING ignores position_ids in generate (its prompts are

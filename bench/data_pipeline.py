@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 from peft_continual.data.batched import tokenize_dataset
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
-from peft_continual.experiment import default_data_dir
+from peft_continual.experiments.task_files import default_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = TaskTemplate(

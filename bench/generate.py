@@ -1,6 +1,6 @@
 """Greedy generation on SmolLM2-135M: a batch mixing 4 tasks, ours vs the base model vs PEFT's P_TUNING (issue 3).
 
-Run from the repository root (SmolLM2 from ``load_embedded_model()``, records from ``../shared/data``)::
+Run from the repository root (SmolLM2 from ``load_base_model("embedded")``, records from ``../shared/data``)::
 
     python bench/generate.py --repeats 4 --out bench/results/generate.json
 
@@ -46,8 +46,8 @@ from common import (
 )
 from peft import PromptEncoderConfig, get_peft_model
 
-from peft_continual.embedded import load_embedded_model
-from peft_continual.prompting import ContinualPromptConfig
+from peft_continual.models import EMBEDDED, load_base_model
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 TASKNAMES = ["sentiment", "sst2", "trec", "intent_and_slot"]
 HEADERS = (
@@ -130,7 +130,7 @@ def greedy_reference(model, batch: dict, new_tokens: int, eos_ids: list[int]) ->
 def load_base(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    return load_embedded_model()
+    return load_base_model(EMBEDDED)
 
 
 # ----------------------------------------------------------------------------- memory, in a child process

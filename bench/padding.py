@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from peft_continual import PromptTokenizer  # noqa: E402
 from peft_continual.data.length_sampler import TaskMixedLengthSampler  # noqa: E402
-from peft_continual.experiment import default_data_dir, load_base_model, load_split, load_task_specs, rounds_of  # noqa: E402
+from peft_continual.experiments.task_files import default_data_dir, load_split, load_task_specs, rounds_of  # noqa: E402
+from peft_continual.models import load_base_model  # noqa: E402
 
 
 def padded_share(lengths: list[int], order: list[int], batch_size: int) -> float:

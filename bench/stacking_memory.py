@@ -40,7 +40,6 @@ def measure(configuration: str, steps: int, batch_size: int) -> dict[str, Any]:
     """One configuration, in this (fresh) process."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from peft_continual import (
         ContinualPromptCollator,
@@ -48,22 +47,20 @@ def measure(configuration: str, steps: int, batch_size: int) -> dict[str, Any]:
         PromptTokenizer,
         QuantizationArguments,
         TaskTemplate,
-        load_quantized_model,
         read_jsonl,
     )
-    from peft_continual.embedded import embedded_model_path
-    from peft_continual.experiment import default_data_dir
+    from peft_continual.experiments.task_files import default_data_dir
+    from peft_continual.models import EMBEDDED, load_base_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    path = embedded_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     if configuration.startswith("fp32"):
-        base = AutoModelForCausalLM.from_pretrained(path).to(device)
+        base, tokenizer = load_base_model(EMBEDDED)
+        base.to(device)
         if configuration == "fp32+gc":  # what load_quantized_model turns on for nf4, to compare like with like
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         arguments = QuantizationArguments(compute_dtype="bfloat16" if device == "cuda" else "float32")
-        base = load_quantized_model(str(path), arguments, device_map={"": device})
+        base, tokenizer = load_base_model(EMBEDDED, arguments, device_map={"": device})
     template = TaskTemplate(
         "sentiment", "<|VIRTUAL_PROMPT_0|>{sentence}\nSentiment: {label}", 20, [20], "label", truncate_field="sentence"
     )

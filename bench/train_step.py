@@ -1,6 +1,6 @@
 """One training step on SmolLM2-135M: our continual p-tuning vs PEFT's P_TUNING vs the floor (issue 3, item 9).
 
-Run from the repository root (SmolLM2 from ``load_embedded_model()``, records from ``../shared/data``)::
+Run from the repository root (SmolLM2 from ``load_base_model("embedded")``, records from ``../shared/data``)::
 
     python bench/train_step.py --lengths 64 128 --repeats 5 --out bench/results/train_step.json
 
@@ -44,8 +44,8 @@ from common import (
 )
 from peft import PromptEncoderConfig, get_peft_model
 
-from peft_continual.embedded import load_embedded_model
-from peft_continual.prompting import ContinualPromptConfig
+from peft_continual.models import EMBEDDED, load_base_model
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 HEADERS = (
     "length", "method", "CPU s/step", "CPU time vs floor", "wall s/step", "wall time vs floor", "peak RSS (MiB)",
@@ -107,7 +107,7 @@ def build_step(method: str, base: torch.nn.Module, tokenizer, args: argparse.Nam
 def load_base(args: argparse.Namespace):
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    return load_embedded_model()
+    return load_base_model(EMBEDDED)
 
 
 # ----------------------------------------------------------------------------- memory, in a child process

@@ -1,6 +1,6 @@
 """One training step of the continual demo's round 1, by precision and by which logits the loss reads.
 
-Run from the repository root (SmolLM2 from ``load_embedded_model()``, records from ``../shared/data``)::
+Run from the repository root (SmolLM2 from ``load_base_model("embedded")``, records from ``../shared/data``)::
 
     python bench/train_step_precision.py --repeats 8 --out bench/results/train_step_precision.json
 
@@ -30,9 +30,9 @@ from peft import get_peft_model
 
 from peft_continual import ContinualPromptCollator, ContinualPromptConfig, PromptTokenizer
 from peft_continual.answer_loss import labelled_positions, loss_at_positions
-from peft_continual.embedded import load_embedded_model
-from peft_continual.experiment import load_split, load_task_specs
+from peft_continual.experiments.task_files import load_split, load_task_specs
 from peft_continual.machine import cpu_bf16_support
+from peft_continual.models import EMBEDDED, load_base_model
 
 TASKS = ROOT / "recipes" / "configs" / "continual_p_tuning" / "tasks.yaml"
 HEADERS = ("variant", "wall s/step", "vs fp32 all logits", "CPU s/step")
@@ -73,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    base, tokenizer = load_embedded_model()
+    base, tokenizer = load_base_model(EMBEDDED)
     specs = [spec for spec in load_task_specs(TASKS) if spec.round == 1]
     records = [r for s in specs for r in load_split(s, Path(args.data_dir), "train", s.train_records, args.seed)]
     prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=256)

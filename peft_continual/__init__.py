@@ -2,7 +2,8 @@
 
 Importing the package registers the ``continual_prompt`` method with PEFT, so ``peft.get_peft_model``,
 ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` build and load it like any PEFT method.
-The quantized-model helpers (``QuantizationArguments``, ``load_quantized_model``) are imported on first use.
+The quantized-model helpers (``QuantizationArguments``, ``load_quantized_model``) and ``param_groups`` are imported
+on first use.
 """
 
 from typing import Any
@@ -11,7 +12,7 @@ from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord, read_jsonl, records_from_dicts
 from peft_continual.data.templates import TaskTemplate, load_templates
 from peft_continual.data.tokenize import PromptTokenizer, TokenizedExample
-from peft_continual.prompting import (
+from peft_continual.tuners.continual_prompt import (
     ContinualPromptConfig,
     ContinualPromptModel,
     EncoderType,
@@ -20,7 +21,6 @@ from peft_continual.prompting import (
     TaskPromptEncoder,
     inject_prompts,
 )
-from peft_continual.stacking import param_groups
 from peft_continual.version import __version__ as __version__
 
 __all__ = [
@@ -44,11 +44,16 @@ __all__ = [
     "records_from_dicts",
 ]
 
-_LAZY = {"QuantizationArguments": "peft_continual.quantized", "load_quantized_model": "peft_continual.quantized"}
+_LAZY = {
+    "QuantizationArguments": "peft_continual.models.quantized",
+    "load_quantized_model": "peft_continual.models.quantized",
+    "param_groups": "peft_continual.training",  # with transformers' Trainer
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import the quantized-model helpers on first use (PEFT's pattern for its bitsandbytes layers)."""
+    """Import the quantized-model helpers and ``param_groups`` on first use (PEFT's pattern for its bitsandbytes
+    layers): ``import peft_continual`` then stays free of bitsandbytes and ``transformers.Trainer``."""
     if name in _LAZY:
         import importlib
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from peft_continual.results import write_atomic
+from peft_continual._io import write_atomic
 from peft_continual.version import __version__
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,6 +1,6 @@
 """One task, one budget, every technique: prompt engineering, prompt tuning, p-tuning, LoRA, IA3, QLoRA, full
 fine-tuning, p-tuning + LoRA and PEFT's own prompt tuning and p-tuning, trained and evaluated the same way
-(``peft_continual.techniques`` builds them), each trained technique with every seed of ``--seeds``.
+(``peft_continual.experiments.techniques`` builds them), each trained technique with every seed of ``--seeds``.
 
 Run (from the repository root, in the venv):
 
@@ -29,18 +29,19 @@ from transformers import set_seed
 
 from peft_continual import PromptTokenizer
 from peft_continual.evaluation import evaluate_tasks
-from peft_continual.experiment import (
-    DATA_DIR_VARIABLE,
-    default_data_dir,
-    load_split,
-    load_task_specs,
-    run_recipe,
+from peft_continual.experiments.cli import run_recipe
+from peft_continual.experiments.results import (
+    ResultRow,
+    evaluation_key,
+    read_saved_rows,
+    result_row,
+    save_rows,
+    write_results,
 )
-from peft_continual.machine import machine_facts
-from peft_continual.results import ResultRow, evaluation_key, read_saved_rows, result_row, save_rows, write_results
-from peft_continual.run_settings import check_run_settings
-from peft_continual.seed_summary import seed_table, summarize_over_seeds
-from peft_continual.techniques import (
+from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.seed_summary import seed_table, summarize_over_seeds
+from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, default_data_dir, load_split, load_task_specs
+from peft_continual.experiments.techniques import (
     TECHNIQUES,
     UNTRAINED,
     WITH_VIRTUAL_TOKENS,
@@ -54,6 +55,7 @@ from peft_continual.techniques import (
     technique_param_groups,
     technique_template,
 )
+from peft_continual.machine import machine_facts
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]

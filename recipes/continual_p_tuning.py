@@ -30,23 +30,13 @@ from peft import PeftModel, get_peft_model
 from transformers import set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
+from peft_continual._io import write_atomic
 from peft_continual.data.fewshot import fewshot_template
 from peft_continual.evaluation import ValidationAccuracy, evaluate_tasks
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
-from peft_continual.experiment import (
-    DATA_DIR_VARIABLE,
-    default_data_dir,
-    load_base_model,
-    load_split,
-    load_task_specs,
-    rounds_of,
-    run_recipe,
-)
-from peft_continual.frozen_recheck import carry_over, frozen_check, records_to_evaluate
-from peft_continual.machine import machine_facts
-from peft_continual.model_card import write_table_card
-from peft_continual.preflight import check_continual_run
-from peft_continual.results import (
+from peft_continual.experiments.cli import run_recipe
+from peft_continual.experiments.frozen_recheck import carry_over, frozen_check, records_to_evaluate
+from peft_continual.experiments.results import (
     ResultRow,
     StageMinutes,
     evaluation_key,
@@ -54,10 +44,20 @@ from peft_continual.results import (
     read_saved_rows,
     result_row,
     save_rows,
-    write_atomic,
     write_results,
 )
-from peft_continual.run_settings import check_run_settings
+from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.task_files import (
+    DATA_DIR_VARIABLE,
+    default_data_dir,
+    load_split,
+    load_task_specs,
+    rounds_of,
+)
+from peft_continual.machine import machine_facts
+from peft_continual.model_card import write_table_card
+from peft_continual.models import load_base_model
+from peft_continual.preflight import check_continual_run
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,7 @@ class RecipeArguments:
         default=None,
         metadata={
             "help": "After a later round, re-generate only the first N test records of earlier rounds' tasks (their "
-            "rows are bit-identical): equal answers carry their full result over (peft_continual.frozen_recheck); "
+            "rows are bit-identical): equal answers carry their full result over (peft_continual.experiments.frozen_recheck); "
             "None: re-evaluate all."
         },
     )

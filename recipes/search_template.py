@@ -38,20 +38,15 @@ from peft import get_peft_model
 from transformers import TrainerCallback, set_seed
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
+from peft_continual._io import write_atomic
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation import ValidationAccuracy
-from peft_continual.experiment import (
-    DATA_DIR_VARIABLE,
-    default_data_dir,
-    load_base_model,
-    load_split,
-    load_task_specs,
-    run_recipe,
-)
+from peft_continual.experiments.cli import run_recipe
+from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, default_data_dir, load_split, load_task_specs
 from peft_continual.machine import machine_facts
-from peft_continual.results import write_atomic
-from peft_continual.run_settings import check_run_settings
+from peft_continual.models import load_base_model
 from peft_continual.training import ContinualTrainingArguments, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ Markers (declared in `pyproject.toml`, `--strict-markers` is on):
 
 Tests never reach the Hugging Face Hub: `HF_HUB_OFFLINE=1` is set here unless the caller set it, the tokenizer comes
 from `tests/assets/smollm2_tokenizer/` and the tiny models are built from configs. The embedded model's cache lives
-where `peft_continual.embedded.default_cache_dir()` says (`$PEFT_CONTINUAL_CACHE` or `~/.cache/peft_continual`).
+where `peft_continual.models.embedded.default_cache_dir()` says (`$PEFT_CONTINUAL_CACHE` or `~/.cache/peft_continual`).
 
 The tiny models use the SmolLM2 vocabulary (49152) and special ids (bos 1, eos = pad 2), so they run on real
 tokenizer output. At hidden size 32 the vocabulary costs little: building one takes ~50 ms and a forward+backward
@@ -170,7 +170,7 @@ def tiny_gpt2() -> torch.nn.Module:
 def embedded_model_dir() -> Path:
     """Folder of the cached SmolLM2-135M-Instruct, built on first use; load a private copy from it in ~0.3 s
     (`load_embedded_model(embedded_model_dir)`)."""
-    from peft_continual.embedded import embedded_model_path
+    from peft_continual.models.embedded import embedded_model_path
 
     return embedded_model_path()
 
@@ -182,6 +182,6 @@ def embedded_model(embedded_model_dir: Path):
     Read-only by convention: a test that injects layers (LoRA, IA3) or trains must load its own copy from
     `embedded_model_dir` instead.
     """
-    from peft_continual.embedded import load_embedded_model
+    from peft_continual.models.embedded import load_embedded_model
 
     return load_embedded_model(embedded_model_dir)

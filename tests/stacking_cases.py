@@ -13,8 +13,8 @@ import pytest
 import torch
 from peft import IA3Config, LoraConfig, get_peft_model
 
-from peft_continual.prompting import ContinualPromptConfig
-from tests.prompting.conftest import EOS_ID, PAD_ID, TASKNAME_IDS, TEMPLATE_A, TEMPLATE_B, VOCAB_SIZE
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
+from tests.tuners.continual_prompt.conftest import EOS_ID, PAD_ID, TASKNAME_IDS, TEMPLATE_A, TEMPLATE_B, VOCAB_SIZE
 
 BNB_HIDDEN = 64
 BASES = ["fp32", "bf16", "int8", "nf4", "nf4-dq-bf16"]

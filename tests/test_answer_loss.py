@@ -11,7 +11,7 @@ from transformers import Trainer
 
 from peft_continual.answer_loss import accepts_logit_positions, labelled_positions, loss_at_positions
 from peft_continual.training import ContinualTrainer, ContinualTrainingArguments
-from tests.prompting.conftest import MIXED_ROWS, make_batch, make_peft_model, tiny_model
+from tests.tuners.continual_prompt.conftest import MIXED_ROWS, make_batch, make_peft_model, tiny_model
 
 
 def answer_only(batch: dict) -> dict:

@@ -35,7 +35,7 @@ PROBE = textwrap.dedent(
     from peft_continual.errors import PrecisionError
     from peft_continual.machine import cpu_bf16_support
     from peft_continual.precision import choose_precision
-    from peft_continual.prompting import TaskPromptEncoder
+    from peft_continual.tuners.continual_prompt import TaskPromptEncoder
 
     found = {"onednn_bf16": cpu_bf16_support().onednn, "auto": choose_precision("auto", "cpu").precision.value}
     try:

@@ -12,7 +12,7 @@ import peft_continual
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "content"
 # Docstring examples that load the real SmolLM2 run with the slow tests.
-SLOW_MODULES = {"peft_continual.embedded"}
+SLOW_MODULES = {"peft_continual.models.embedded"}
 MODULES = sorted(
     info.name for info in pkgutil.walk_packages(peft_continual.__path__, prefix="peft_continual.") if not info.ispkg
 )

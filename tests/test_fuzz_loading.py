@@ -21,7 +21,7 @@ from peft import PeftModel
 from peft_continual.data.records import read_jsonl
 from peft_continual.data.templates import load_templates
 from peft_continual.errors import PeftContinualError
-from tests.prompting.conftest import make_peft_model, tiny_model
+from tests.tuners.continual_prompt.conftest import make_peft_model, tiny_model
 
 HUNT = int(os.environ.get("PEFT_CONTINUAL_FUZZ_EXAMPLES", 0))
 FUZZ = settings(

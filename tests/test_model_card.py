@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
+from peft_continual.experiments.results import ResultRow
 from peft_continual.model_card import EMBEDDED_HUB_ID, base_model_id, write_table_card
-from peft_continual.results import ResultRow
-from tests.prompting.conftest import TASKNAME_IDS, TEMPLATE_C, make_peft_model
+from tests.tuners.continual_prompt.conftest import TASKNAME_IDS, TEMPLATE_C, make_peft_model
 
 GOLDEN = Path(__file__).parent / "assets" / "model_card_golden.md"
 

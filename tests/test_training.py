@@ -11,8 +11,8 @@ from transformers import HfArgumentParser, TrainerCallback
 from peft_continual.data.records import records_from_dicts
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
-from peft_continual.prompting import ContinualPromptConfig
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 TEMPLATES = [
     TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label"),

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from peft_continual.data.records import TaskRecord, read_jsonl
-from peft_continual.experiment import default_data_dir
+from peft_continual.experiments.task_files import default_data_dir
 
 SHARED_DATA = Path(default_data_dir(Path(__file__).resolve().parents[2]))
 

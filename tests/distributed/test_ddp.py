@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from peft_continual.prompting.safe_load import TABLE_KEY
+from peft_continual.tuners.continual_prompt.safe_load import TABLE_KEY
 
 SCRIPT = Path(__file__).with_name("train_tiny.py")
 ROOT = SCRIPT.parents[2]

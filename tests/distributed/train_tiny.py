@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 from peft_continual.data.records import records_from_dicts  # noqa: E402
 from peft_continual.data.templates import TaskTemplate  # noqa: E402
 from peft_continual.data.tokenize import PromptTokenizer  # noqa: E402
-from peft_continual.prompting import ContinualPromptConfig  # noqa: E402
 from peft_continual.training import ContinualTrainingArguments, build_trainer  # noqa: E402
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig  # noqa: E402
 from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model  # noqa: E402
 
 TEMPLATES = [

@@ -11,7 +11,7 @@ from peft_continual.errors import ConfigError, UnknownTaskError
 from peft_continual.evaluation.during_training import ValidationAccuracy
 from peft_continual.evaluation.report import evaluate_tasks
 from peft_continual.evaluation.tasks import TaskEvaluation
-from peft_continual.prompting import ContinualPromptConfig
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 TEMPLATES = [
     TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label"),

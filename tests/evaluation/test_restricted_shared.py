@@ -21,7 +21,7 @@ from peft_continual.evaluation.restricted import (
     answer_log_likelihoods,
     score_candidates,
 )
-from peft_continual.prompting import ContinualPromptConfig
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 from .fakes import FakeVirtualModel
 
@@ -206,7 +206,7 @@ def test_models_without_4d_masks_score_every_candidate_by_a_full_forward(tiny_ll
 
 def test_the_64_intents_make_a_tree_of_142_tokens_instead_of_461(smollm2_tokenizer):
     # the numbers the evaluation guide quotes: the demo's intent candidates after a prompt, as rows and as a tree
-    from peft_continual.experiment import load_task_specs
+    from peft_continual.experiments.task_files import load_task_specs
 
     tasks = Path(__file__).resolve().parents[2] / "recipes/configs/continual_p_tuning/tasks.yaml"
     intent = {s.taskname: s for s in load_task_specs(tasks)}["intent_and_slot"]

@@ -13,7 +13,7 @@ from peft_continual.evaluation.labels import LabelNormalization
 from peft_continual.evaluation.report import evaluate_tasks
 from peft_continual.evaluation.restricted import score_candidates
 from peft_continual.evaluation.tasks import TaskEvaluation
-from peft_continual.prompting import ContinualPromptConfig
+from peft_continual.tuners.continual_prompt import ContinualPromptConfig
 
 TEMPLATES = [
     TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label"),

@@ -9,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer, Trainer
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiment import parse_config_and_flags
+from peft_continual.experiments.cli import parse_config_and_flags
 from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from huggingface_hub import ModelCard
 from transformers import Trainer
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiment import parse_config_and_flags
+from peft_continual.experiments.cli import parse_config_and_flags
 from peft_continual.machine import cpu_bf16_support
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +172,7 @@ def test_an_accuracy_metric_without_validation_accuracy_stops_before_any_work(tm
 
 @pytest.mark.parametrize("config", ["smollm2_135m.yaml", "smollm2_135m_full.yaml"])
 def test_every_config_and_task_file_parses(config, monkeypatch):
-    from peft_continual.experiment import load_task_specs, rounds_of
+    from peft_continual.experiments.task_files import load_task_specs, rounds_of
 
     monkeypatch.chdir(ROOT)
     recipe, training = parse_config_and_flags(
@@ -184,7 +184,7 @@ def test_every_config_and_task_file_parses(config, monkeypatch):
 
 
 def test_the_intent_only_task_file_parses_as_one_round_of_the_default_intent_task():
-    from peft_continual.experiment import load_task_specs
+    from peft_continual.experiments.task_files import load_task_specs
 
     directory = ROOT / "recipes/configs/continual_p_tuning"
     (intent,) = load_task_specs(directory / "tasks_intent.yaml")

@@ -10,7 +10,8 @@ import pytest
 from transformers import Trainer, TrainerControl, TrainerState
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiment import load_task_specs, parse_config_and_flags
+from peft_continual.experiments.cli import parse_config_and_flags
+from peft_continual.experiments.task_files import load_task_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "search_template.py"))

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tests.prompting.conftest import MIXED_ROWS, make_batch, make_peft_model
+from tests.tuners.continual_prompt.conftest import MIXED_ROWS, make_batch, make_peft_model
 
 
 def trained(model):

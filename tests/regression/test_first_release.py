@@ -11,8 +11,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from peft_continual.prompting import PromptInit
-from tests.prompting.conftest import MIXED_ROWS, make_batch, tiny_model
+from peft_continual.tuners.continual_prompt import PromptInit
+from tests.tuners.continual_prompt.conftest import MIXED_ROWS, make_batch, tiny_model
 
 FOLDER = Path(__file__).parent / "first_release"
 

@@ -1,0 +1,72 @@
+"""The settings an output folder was trained with, so that a rerun resumes the same run or stops with a clear error.
+
+A rerun of a recipe resumes from what its output folder holds: the tables of finished rounds, the last ``Trainer``
+checkpoint of an interrupted one, the few-shot rows. Those fit only the settings that made them. After a change to
+the task file (say 40 virtual tokens instead of 20) the old table fails deep inside the model ("row 6 has 40
+virtual-token positions but ... total_virtual_tokens=20"), and a change of steps or learning rate would silently
+mix two runs in one result table. ``check_run_settings`` records the settings in the folder on the first run and
+compares them on every later one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from peft_continual._io import write_atomic
+from peft_continual.errors import ConfigError
+
+SETTINGS_FILE = "run_settings.json"
+
+
+def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> None:
+    """Record ``settings`` in ``output_dir``, or, if it holds a run already, check they are the same.
+
+    Args:
+        output_dir: The run's output folder (created if missing).
+        settings: JSON-ready values that decide what the run trains and reports (task file, model, steps, rates...);
+            paths to the data or the output, batch sizes of evaluation and logging belong elsewhere.
+
+    Raises:
+        ConfigError: the folder holds a run made with other settings; the message lists each difference.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> check_run_settings(folder, {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 20}}})
+        >>> check_run_settings(folder, {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 40}}})
+        Traceback (most recent call last):
+        ...
+        peft_continual.errors.ConfigError: ... tasks.sentiment.total_virtual_tokens: 20 then, 40 now ...
+    """
+    output_dir = Path(output_dir)
+    path = output_dir / SETTINGS_FILE
+    current = json.loads(json.dumps(settings))  # tuples -> lists, enums -> values: compared as they are stored
+    if not path.exists():
+        write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
+        return
+    changes = differences(json.loads(path.read_text(encoding="utf-8")), current)
+    if changes:
+        listed = "\n".join(f"  {change}" for change in changes)
+        raise ConfigError(
+            f"{output_dir} holds a run made with other settings, so its checkpoints and tables do not fit this one:\n"
+            f"{listed}\nUse a new --output_dir, or delete {output_dir} to start over."
+        )
+
+
+def differences(saved: Any, current: Any, key: str = "") -> list[str]:
+    """``key: <saved> then, <current> now`` for each leaf that differs (dotted keys for nested mappings)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found = []
+        for name in sorted(set(saved) | set(current), key=str):
+            inner = f"{key}.{name}" if key else str(name)
+            if name not in current:
+                found.append(f"{inner}: {saved[name]!r} then, not set now")
+            elif name not in saved:
+                found.append(f"{inner}: not set then, {current[name]!r} now")
+            else:
+                found += differences(saved[name], current[name], inner)
+        return found
+    return [] if saved == current else [f"{key}: {saved!r} then, {current!r} now"]

@@ -1,0 +1,536 @@
+"""``ContinualPromptModel``: the PEFT tuner of continual multi-task p-tuning.
+
+``get_peft_model(base, ContinualPromptConfig(...))`` returns a ``PeftModelForCausalLM`` that wraps this tuner; its
+methods (``freeze_tasks``, ``add_tasks``, ``prompt_table``...) are reachable on the ``PeftModel`` itself. Each batch
+row names its task: rows of tasks in training take their virtual tokens from the encoder (run once per task present),
+rows of finished tasks from the frozen prompt table, in the same batch. The tokens are written into the input
+embeddings at the positions marked by ``virtual_token_mask``; the base model then runs on ``inputs_embeds``.
+
+The round cycle: train (encoder) -> ``freeze_tasks()`` (encoder outputs copied into the table, encoder dropped) ->
+``save_pretrained`` -> later ``PeftModel.from_pretrained(base, path, is_trainable=True)`` -> ``add_tasks([...])``
+(fresh encoder for the new tasks; old rows stay frozen buffers) -> train -> ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
+from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
+from peft_continual.tuners.continual_prompt import _peft_compat as compat
+from peft_continual.tuners.continual_prompt._peft_compat import ENCODER_ATTR, TABLE_ATTR, PeftTunerBase
+from peft_continual.tuners.continual_prompt.config import (
+    ContinualPromptConfig,
+    EncoderType,
+    PromptInit,
+    default_encoder_hidden_size,
+)
+from peft_continual.tuners.continual_prompt.encoder import TaskPromptEncoder
+from peft_continual.tuners.continual_prompt.fingerprint import check_fingerprint, fingerprint, name_or_path
+from peft_continual.tuners.continual_prompt.injection import inject_prompts
+from peft_continual.tuners.continual_prompt.stacked import PER_ROW_TYPES, stacked_configs
+from peft_continual.tuners.continual_prompt.table import PromptTable
+
+
+class ContinualPromptModel(PeftTunerBase):
+    """Task-conditioned prompt encoder + frozen prompt table, placed at virtual-token positions of each row.
+
+    Built by PEFT (``get_peft_model``, ``PeftModel.from_pretrained``), not by hand.
+
+    Batch keys, besides the base model's: ``virtual_token_mask`` ``(B, L)`` bool, True where a row's virtual tokens
+    stand (placeholder ids there are ignored), and ``tasknames``, a list of ``B`` task names.
+
+    LoRA or IA3 adapters given in ``ContinualPromptConfig(stacked_adapters=...)`` live in the same model (PEFT's own
+    layers inside the base model); see ``peft_continual.tuners.continual_prompt.stacked`` for the design, and the
+    methods below for their switches, training and merging.
+
+    Attributes:
+        prompt_table: Frozen rows of finished tasks.
+        prompt_encoder: The open round's encoder, or ``None`` once its tasks are frozen.
+
+    Examples:
+        >>> from peft import get_peft_model
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+        ...                                     num_hidden_layers=1, num_attention_heads=2))
+        >>> template = TaskTemplate("sentiment", "<|VIRTUAL_PROMPT_0|> {sentence} sentiment: {label}", 4, [4], "label")
+        >>> config = ContinualPromptConfig(templates=[template], taskname_token_ids={"sentiment": [5]})
+        >>> model = get_peft_model(base, config)
+        >>> model.freeze_tasks(); model.prompt_table.counts()
+        {'sentiment': 4}
+    """
+
+    _stacked_tuner: Any = None  # PEFT's LoraModel/IA3Model on the same base model (unregistered: see ``stacked``)
+    _stacked_owner: str | None = None
+    _prompts_enabled: bool = True
+    _stacked_enabled: bool = True
+
+    # ------------------------------------------------------------------ building
+    def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
+        """Check or record the base fingerprint, build the table (from config), the open round's encoder, the stacked
+        LoRA/IA3 adapters."""
+        self._check_stacked(adapter_name, config)
+        if config.base_model_fingerprint is not None:
+            check_fingerprint(config.base_model_fingerprint, self.model)
+        else:
+            config.base_model_fingerprint = fingerprint(self.model)
+        weight = self._word_embeddings().weight
+        config.token_dim = int(weight.shape[1])
+        if config.encoder_hidden_size is None:
+            config.encoder_hidden_size = default_encoder_hidden_size(config.token_dim)
+        # adapter_config.json sorts dict keys; template order is the order in which tasks were added
+        frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
+        table = PromptTable(config.token_dim, frozen).to(weight.device)
+        table.add_listener(functools.partial(self._on_table_change, adapter_name))
+        getattr(self, TABLE_ATTR)[adapter_name] = table
+        if config.training_tasks:
+            self._build_encoder(adapter_name, config)
+        self._build_stacked(adapter_name, config)
+
+    def _build_encoder(self, adapter_name: str, config: ContinualPromptConfig, tokenizer: Any = None) -> None:
+        config.resolve_token_ids(name_or_path(self.model), tokenizer)
+        all_counts = config.token_counts()
+        counts = {name: all_counts[name] for name in config.training_tasks}
+        embedding = config.encoder_type == EncoderType.EMBEDDING
+        text_init = config.prompt_init == PromptInit.TEXT
+        start = self._start_rows(config, counts) if text_init or embedding else None
+        weight = self._word_embeddings().weight
+        encoder = TaskPromptEncoder(
+            config.token_dim,
+            counts,
+            config.taskname_token_ids,
+            config.encoder_type,
+            hidden_size=config.encoder_hidden_size,
+            num_layers=config.encoder_num_layers,
+            dropout=config.encoder_dropout,
+            init_rows=start if embedding else None,
+            start_rows=start if text_init and not embedding else None,
+            input_std=float(weight.detach().float().std()) if text_init and not embedding else None,
+        )
+        encoder.to(weight.device)
+        encoder.requires_grad_(not config.inference_mode)
+        getattr(self, ENCODER_ATTR)[adapter_name] = encoder
+
+    def _start_rows(self, config: ContinualPromptConfig, counts: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Task name -> ``(n_T, D)`` embeddings of its init text's tokens, repeated to ``n_T`` (PEFT's TEXT init of
+        prompt tuning); with ``prompt_init="random"`` (prompt tuning only), of random vocabulary tokens."""
+        embeddings = self._word_embeddings()
+        device = embeddings.weight.device
+        rows = {}
+        for name, count in counts.items():
+            ids = config.init_token_ids.get(name)
+            if ids:
+                ids_tensor = torch.tensor((ids * math.ceil(count / len(ids)))[:count], device=device)
+            else:
+                ids_tensor = torch.randint(embeddings.weight.shape[0], (count,), device=device)
+            with torch.no_grad():
+                rows[name] = embeddings(ids_tensor).float()
+        return rows
+
+    # ------------------------------------------------------------------ state
+    @property
+    def _adapter(self) -> str:
+        return self.active_adapters[0]
+
+    @property
+    def prompt_table(self) -> PromptTable:
+        """The frozen rows of finished tasks: inspect (``tasks``, ``counts()``, ``shapes()``), ``remove``, ``rename``."""
+        return getattr(self, TABLE_ATTR)[self._adapter]
+
+    @property
+    def prompt_encoder(self) -> TaskPromptEncoder | None:
+        """The encoder of the open training round, or ``None`` once its tasks are frozen."""
+        encoders = getattr(self, ENCODER_ATTR)
+        return encoders[self._adapter] if self._adapter in encoders else None  # noqa: SIM401 (ModuleDict has no get)
+
+    def task_prompts(self, tasknames: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Task name -> ``(n_T, D)`` prompt (table rows, or encoder output), for ``tasknames`` or every task.
+
+        Raises:
+            UnknownTaskError: a name is neither in the table nor in training.
+        """
+        encoder = self.prompt_encoder
+        training = encoder.tasks if encoder is not None else ()
+        if tasknames is None:
+            tasknames = [*self.prompt_table.tasks, *training]
+        unknown = [name for name in dict.fromkeys(tasknames) if name not in self.prompt_table and name not in training]
+        if unknown:
+            raise UnknownTaskError(
+                f"task(s) {unknown} unknown to this adapter; frozen in the table: {allowed(self.prompt_table.tasks)}; "
+                f"in training: {allowed(training)}"
+            )
+        prompts = {name: self.prompt_table[name] for name in tasknames if name in self.prompt_table}
+        in_training = [name for name in dict.fromkeys(tasknames) if name in training]
+        if in_training:
+            prompts.update(encoder(in_training, self._word_embeddings()))
+        return prompts
+
+    # ------------------------------------------------------------------ forward / generate
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        virtual_token_mask: torch.Tensor | None = None,
+        tasknames: Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run the base model with each row's prompt at its virtual positions; ``labels`` -> ``loss``.
+
+        Args:
+            input_ids: ``(B, L)`` token ids; placeholder ids at virtual positions.
+            attention_mask: ``(B, L)``.
+            inputs_embeds: ``(B, L, D)``, instead of ``input_ids``.
+            labels: ``(B, L)``, ``-100`` where no loss.
+            virtual_token_mask: ``(B, L)`` bool, True at virtual positions; ``None`` runs the plain base model.
+            tasknames: ``B`` task names.
+            kwargs: Passed to the base model.
+        """
+        embeds = self._embed_with_prompts(input_ids, inputs_embeds, virtual_token_mask, tasknames)
+        if embeds is not None:
+            input_ids = None
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=embeds, labels=labels, **kwargs
+        )
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``generate`` of the base model with the prompts written in at prefill.
+
+        The base model receives both ``input_ids`` (so logits processors such as ``repetition_penalty`` see real
+        ids, and the output starts with them) and ``inputs_embeds`` (used for the prefill only); decoding then
+        continues from the KV cache as usual, so greedy, sampling, beams and left padding all work.
+        """
+        virtual_token_mask = kwargs.pop("virtual_token_mask", None)
+        tasknames = kwargs.pop("tasknames", None)
+        if virtual_token_mask is None and tasknames is None:
+            return self.model.generate(*args, **kwargs)
+        input_ids = kwargs.pop("input_ids", None)
+        if args and isinstance(args[0], torch.Tensor):
+            input_ids, args = args[0], args[1:]
+        if input_ids is None:
+            raise RecordError(
+                "generate with virtual tokens needs input_ids (with placeholder ids at virtual positions)"
+            )
+        with torch.no_grad():
+            embeds = self._embed_with_prompts(
+                input_ids, kwargs.pop("inputs_embeds", None), virtual_token_mask, tasknames
+            )
+        return self.model.generate(*args, input_ids=input_ids, inputs_embeds=embeds, **kwargs)
+
+    def _embed_with_prompts(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        virtual_token_mask: torch.Tensor | None,
+        tasknames: Sequence[str] | None,
+    ) -> torch.Tensor | None:
+        """``(B, L, D)`` input embeddings with prompts injected; ``inputs_embeds`` unchanged without virtual tokens."""
+        if virtual_token_mask is None and tasknames is None:
+            return inputs_embeds
+        if virtual_token_mask is None or tasknames is None:
+            given = "virtual_token_mask" if tasknames is None else "tasknames"
+            raise RecordError(f"batch has {given} but not {'tasknames' if tasknames is None else 'virtual_token_mask'}")
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise RecordError("batch has neither input_ids nor inputs_embeds")
+            inputs_embeds = self._word_embeddings()(input_ids)
+        if isinstance(tasknames, str) or not all(isinstance(name, str) for name in tasknames):
+            raise RecordError(
+                f"tasknames must be a list of task names, one per row, got {tasknames!r}"
+                + (
+                    f"; for one task in every row write [{tasknames!r}] * batch_size"
+                    if isinstance(tasknames, str)
+                    else ""
+                )
+            )
+        if not self._prompts_active:
+            return inputs_embeds
+        tasknames = list(tasknames)
+        return inject_prompts(inputs_embeds, virtual_token_mask, tasknames, self.task_prompts(tasknames))
+
+    # ------------------------------------------------------------------ rounds
+    def freeze_tasks(self) -> None:
+        """End the round: run the encoder once per task in training, store the outputs in the table, drop it.
+
+        Afterwards nothing is trainable and ``save_pretrained`` writes only the table (the inference artefact).
+
+        Raises:
+            ConfigError: no round is open (no tasks in training).
+        """
+        encoder = self.prompt_encoder
+        if encoder is None:
+            raise ConfigError(f"no tasks in training; the table already holds {allowed(self.prompt_table.tasks)}")
+        encoder.eval()
+        with torch.no_grad():
+            rows = encoder(list(encoder.tasks), self._word_embeddings())
+        for name in encoder.tasks:
+            self.prompt_table.add(name, rows[name])
+        del getattr(self, ENCODER_ATTR)[self._adapter]
+
+    def add_tasks(self, templates: Sequence[TaskTemplate | dict[str, Any]], tokenizer: Any = None) -> None:
+        """Start a round for new tasks with a fresh encoder; tasks in the table stay frozen.
+
+        Args:
+            templates: Templates of the new tasks.
+            tokenizer: The base model's tokenizer, to encode the new task names (else it is loaded from
+                ``tokenizer_name_or_path`` or the base model's path; ids already in the config are kept).
+
+        Raises:
+            ConfigError: a round is still open (call ``freeze_tasks()`` first).
+            DuplicateTaskError: a new task's name is already known.
+        """
+        if self.prompt_encoder is not None:
+            raise ConfigError(
+                f"task(s) {list(self.prompt_encoder.tasks)} are still in training; call freeze_tasks() before add_tasks()"
+            )
+        config = self.peft_config[self._adapter]
+        new = [ContinualPromptConfig._template_dict(t, i) for i, t in enumerate(templates)]
+        if not new:
+            raise ConfigError("add_tasks needs at least one template")
+        check_unique_tasknames(config.task_templates() + [TaskTemplate.from_dict(t) for t in new])
+        saved = (list(config.templates), list(config.training_tasks), config.inference_mode)
+        config.templates += new
+        config.training_tasks = [t["taskname"] for t in new]
+        config.inference_mode = False
+        try:
+            self._build_encoder(self._adapter, config, tokenizer)
+        except Exception:
+            config.templates, config.training_tasks, config.inference_mode = saved
+            raise
+
+    def _on_table_change(self, adapter_name: str, event: str, taskname: str, new_name: str | None) -> None:
+        """Keep ``frozen_tasks``, ``training_tasks``, ``templates`` and ``taskname_token_ids`` in step with the table."""
+        config = self.peft_config[adapter_name]
+        counts = config.token_counts()
+        if event == "add":
+            if taskname not in counts:
+                raise ConfigError(f"task {taskname!r} has no template in the config; add_tasks([template]) first")
+            config.frozen_tasks[taskname] = counts[taskname]
+            config.training_tasks = [name for name in config.training_tasks if name != taskname]
+        elif event == "remove":
+            del config.frozen_tasks[taskname]
+            config.templates = [t for t in config.templates if t["taskname"] != taskname]
+            config.taskname_token_ids.pop(taskname, None)
+        else:
+            if new_name in counts:
+                raise DuplicateTaskError(
+                    f"cannot rename {taskname!r} to {new_name!r}: the adapter already has that task"
+                )
+            config.frozen_tasks = {new_name if k == taskname else k: v for k, v in config.frozen_tasks.items()}
+            for template in config.templates:
+                if template["taskname"] == taskname:
+                    template["taskname"] = new_name
+            if taskname in config.taskname_token_ids:
+                config.taskname_token_ids[new_name] = config.taskname_token_ids.pop(taskname)
+
+    # ------------------------------------------------------------------ inspect
+    @property
+    def stacked_tuner(self) -> Any:
+        """PEFT's tuner of the stacked adapters (``LoraModel``/``IA3Model``), or ``None``."""
+        return self._stacked_tuner
+
+    @property
+    def stacked_adapter_names(self) -> tuple[str, ...]:
+        """Names of the stacked adapters, in config order (the names of ``adapter_names=[...]``)."""
+        return tuple(self.peft_config[self._stacked_owner].stacked_adapters) if self._stacked_tuner else ()
+
+    def prompt_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the open rounds' encoders (every prompt adapter), trainable or not."""
+        for name in self.peft_config:
+            yield from self._adapter_parameters(name)
+
+    def stacked_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the stacked adapters' layers, trainable or not."""
+        if self._stacked_tuner is not None:
+            yield from compat.stacked_parameters(self.model, self.stacked_adapter_names)
+
+    @property
+    def _prompts_active(self) -> bool:
+        return self._adapters_enabled and self._prompts_enabled
+
+    # ------------------------------------------------------------------ build
+    def _check_stacked(self, adapter_name: str, config: Any) -> None:
+        """Refuse a prompt adapter that clashes with the stacked adapters (before anything of it is built)."""
+        if adapter_name in self.stacked_adapter_names:
+            raise ConfigError(f"prompt adapter {adapter_name!r} has the name of a stacked adapter; rename one")
+        if config.stacked_adapters and self._stacked_tuner is not None:
+            raise ConfigError(
+                f"prompt adapter {adapter_name!r} declares stacked adapters {list(config.stacked_adapters)}, but "
+                f"{self._stacked_owner!r} already stacks {list(self.stacked_adapter_names)}; one adapter may stack"
+            )
+        clash = sorted(set(config.stacked_adapters) & set(self.peft_config))
+        if clash:
+            raise ConfigError(f"stacked adapter name(s) {clash} are prompt adapter names; rename them")
+
+    def _build_stacked(self, adapter_name: str, config: Any) -> None:
+        """Inject ``config.stacked_adapters`` into the base model with PEFT's own tuner (after the prompts are built)."""
+        if not config.stacked_adapters:
+            return
+        configs = stacked_configs(config.stacked_adapters, config.inference_mode)
+        try:
+            tuner = compat.build_stacked_tuner(self.model, configs)
+        except (TypeError, ValueError) as error:  # values PEFT's config accepts but its layers do not (e.g. r="8")
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(
+                f"stacked adapter(s) {allowed(configs)}: PEFT cannot build them on this model: {error}"
+            ) from error
+        tuner.set_adapter(config.active_stacked_adapters, inference_mode=config.inference_mode)
+        object.__setattr__(self, "_stacked_tuner", tuner)
+        self._stacked_owner = adapter_name
+        self._sync_stacked()
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
+        """Build a prompt adapter (it freezes the base model, and with it any stacked layer: their flags are kept)."""
+        flags = [(parameter, parameter.requires_grad) for parameter in self.stacked_parameters()]
+        super().inject_adapter(model, adapter_name, **kwargs)
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's cast of LoRA/IA3 weights to float32 on a 16-bit base (what ``PeftModel`` does for LoRA alone)."""
+        if self._stacked_tuner is not None and adapter_name == self._stacked_owner:
+            compat.cast_stacked_dtype(self._stacked_tuner, self.stacked_adapter_names, autocast_adapter_dtype)
+
+    # ------------------------------------------------------------------ switches
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        """The master switch (``disable_adapter()``, ``disable_adapter_layers()``): prompts and stacked adapters."""
+        super()._enable_adapter_layers(enabled)
+        self._sync_stacked()
+
+    def _sync_stacked(self) -> None:
+        if self._stacked_tuner is not None:
+            compat.enable_stacked(self._stacked_tuner, self._adapters_enabled and self._stacked_enabled)
+
+    @contextlib.contextmanager
+    def disable_prompts(self) -> Iterator[None]:
+        """``with model.disable_prompts():`` runs the base model with the stacked adapters only.
+
+        Placeholder ids at virtual positions are embedded as ordinary tokens, as in ``disable_adapter()``.
+        """
+        was = self._prompts_enabled
+        self._prompts_enabled = False
+        try:
+            yield
+        finally:
+            self._prompts_enabled = was
+
+    @contextlib.contextmanager
+    def disable_stacked_adapters(self) -> Iterator[None]:
+        """``with model.disable_stacked_adapters():`` runs the prompts on the base model without LoRA/IA3.
+
+        Raises:
+            ConfigError: the model has no stacked adapters.
+        """
+        self._require_stacked("disable_stacked_adapters()")
+        was = self._stacked_enabled
+        self._stacked_enabled = False
+        self._sync_stacked()
+        try:
+            yield
+        finally:
+            self._stacked_enabled = was
+            self._sync_stacked()
+
+    def set_stacked_adapter(self, adapter_name: str | Sequence[str], inference_mode: bool = False) -> None:
+        """Make stacked adapter(s) active for rows without ``adapter_names``; several active ones add up.
+
+        As PEFT's ``set_adapter``: the active adapters become trainable unless ``inference_mode``, the others frozen.
+        The choice is saved (``active_stacked_adapters``).
+        """
+        self._require_stacked("set_stacked_adapter()")
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._check_stacked_names(names)
+        self._stacked_tuner.set_adapter(names, inference_mode=inference_mode)
+        self.peft_config[self._stacked_owner].active_stacked_adapters = names
+
+    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
+        """PEFT's ``model.set_requires_grad``: a prompt adapter name means its encoder, a stacked name its layers.
+
+        Staged training freezes one side: ``model.set_requires_grad("lora", False)`` trains the prompts alone,
+        ``model.set_requires_grad("default", False)`` (the prompt adapter) trains the LoRA alone.
+        """
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        stacked = [name for name in names if name not in self.peft_config]
+        self._check_stacked_names(stacked)
+        for name in names:
+            if name in self.peft_config:
+                for parameter in self._adapter_parameters(name):
+                    parameter.requires_grad_(requires_grad)
+        if stacked:
+            compat.set_stacked_requires_grad(self._stacked_tuner, stacked, requires_grad)
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """Called by ``PeftModel.forward``/``generate`` with their kwargs: hands ``adapter_names`` to LoRA's compat."""
+        adapter_names = kwargs.get("adapter_names")
+        if adapter_names is None:
+            yield
+            return
+        self._require_stacked("adapter_names")
+        kind = compat.stacked_type(self._stacked_tuner)
+        if kind not in PER_ROW_TYPES:
+            raise ConfigError(
+                f"adapter_names needs LoRA stacked adapters; {list(self.stacked_adapter_names)} are {kind}"
+            )
+        self._check_stacked_names([name for name in adapter_names if name != "__base__"])
+        with compat.stacked_forward_hooks(self._stacked_tuner, self.training, *args, **kwargs):
+            yield
+
+    # ------------------------------------------------------------------ merge / unload / delete
+    def merge_and_unload(
+        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
+    ) -> nn.Module:
+        """Merge the stacked LoRA into the base weights and remove its layers; the prompts keep working.
+
+        The ``PeftModel`` goes on serving (and saving) the prompts on the merged base; its config forgets the
+        stacked adapters and its fingerprint becomes the merged base's. Returns the merged base model, as PEFT does.
+        """
+        return self._unload_stacked(True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def unload(self) -> nn.Module:
+        """Remove the stacked adapters' layers without merging them; the prompts keep working. Returns the base."""
+        return self._unload_stacked(False)
+
+    def _unload_stacked(self, merge: bool, **kwargs: Any) -> nn.Module:
+        owner = self._require_stacked("merge_and_unload()" if merge else "unload()")
+        tuner = self._stacked_tuner
+        with torch.no_grad():
+            tuner.merge_and_unload(**kwargs) if merge else tuner.unload()
+        object.__setattr__(self, "_stacked_tuner", None)
+        self._stacked_owner = None
+        self.model.peft_config = self.peft_config  # PEFT's unload deletes it from the base model
+        config = self.peft_config[owner]
+        config.stacked_adapters, config.active_stacked_adapters = {}, None
+        config.base_model_fingerprint = fingerprint(self.model)
+        return self.model
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Drop a prompt adapter; its stacked adapters are unloaded with it (not merged)."""
+        if adapter_name == self._stacked_owner:
+            self.unload()
+        super().delete_adapter(adapter_name)
+
+    def _require_stacked(self, what: str) -> str:
+        if self._stacked_tuner is None:
+            raise ConfigError(
+                f"{what} needs stacked adapters; adapter(s) {allowed(self.peft_config)} have none "
+                "(set ContinualPromptConfig(stacked_adapters=LoraConfig(...)))"
+            )
+        return self._stacked_owner
+
+    def _check_stacked_names(self, names: Sequence[str]) -> None:
+        unknown = sorted(set(names) - set(self.stacked_adapter_names))
+        if unknown:
+            raise ConfigError(
+                f"unknown adapter(s) {unknown}; prompt adapters: {allowed(self.peft_config)}, "
+                f"stacked adapters: {allowed(self.stacked_adapter_names)}"
+            )

@@ -1,0 +1,37 @@
+"""``check_run_settings``: a rerun in the same output folder resumes only the run that made it."""
+
+import json
+
+import pytest
+
+from peft_continual.errors import ConfigError
+from peft_continual.experiments.run_settings import SETTINGS_FILE, check_run_settings, differences
+
+SETTINGS = {"learning_rate": 0.01, "round_max_steps": (300, 150), "tasks": {"sentiment": {"total_virtual_tokens": 20}}}
+
+
+def test_the_first_run_records_its_settings_and_the_same_settings_pass_again(tmp_path):
+    check_run_settings(tmp_path / "out", SETTINGS)
+    stored = json.loads((tmp_path / "out" / SETTINGS_FILE).read_text())
+    assert stored["round_max_steps"] == [300, 150]  # JSON: compared as stored, so a tuple equals its list
+    check_run_settings(tmp_path / "out", json.loads(json.dumps(SETTINGS)))
+
+
+def test_other_settings_are_refused_with_every_difference_named(tmp_path):
+    check_run_settings(tmp_path, SETTINGS)
+    other = {"round_max_steps": [300, 200], "tasks": {"sentiment": {"total_virtual_tokens": 40}}, "seed": 1}
+    with pytest.raises(ConfigError) as refused:
+        check_run_settings(tmp_path, other)
+    message = str(refused.value)
+    assert message.splitlines()[1:] == [
+        "  learning_rate: 0.01 then, not set now",
+        "  round_max_steps: [300, 150] then, [300, 200] now",
+        "  seed: not set then, 1 now",
+        "  tasks.sentiment.total_virtual_tokens: 20 then, 40 now",
+        f"Use a new --output_dir, or delete {tmp_path} to start over.",
+    ]
+    assert json.loads((tmp_path / SETTINGS_FILE).read_text())["learning_rate"] == 0.01  # the record is kept
+
+
+def test_differences_of_equal_nested_values_are_empty():
+    assert differences({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []

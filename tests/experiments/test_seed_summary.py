@@ -1,0 +1,42 @@
+"""Means and sample standard deviations over seeds, and their Markdown table."""
+
+import statistics
+
+import pytest
+
+from peft_continual.experiments.results import ResultRow, markdown_table
+from peft_continual.experiments.seed_summary import seed_table, summarize_over_seeds
+
+
+def row(stage, generation, restricted, seed, task="sentiment"):
+    return ResultRow(task, stage, generation, restricted, None, 0, 226, seed=seed)
+
+
+def test_rows_group_by_task_and_stage_in_order_with_sample_statistics():
+    rows = [
+        row("lora", 0.90, 0.91, 0),
+        row("p_tuning", 0.80, 0.85, 0),
+        row("lora", 0.94, 0.93, 1),
+        row("p_tuning", 0.86, 0.87, 1),
+        row("lora", 0.95, 0.92, 2),
+        row("lora", 0.50, None, 0, task="other"),
+    ]
+    lora, p_tuning, other = summarize_over_seeds(rows)
+    assert (lora.stage, lora.seeds, p_tuning.seeds, other.task) == ("lora", [0, 1, 2], [0, 1], "other")
+    assert lora.generation_mean == pytest.approx(statistics.fmean([0.90, 0.94, 0.95]))
+    assert lora.generation_std == pytest.approx(statistics.stdev([0.90, 0.94, 0.95]))  # n - 1
+    assert p_tuning.restricted_std == pytest.approx(statistics.stdev([0.85, 0.87]))
+    assert other.generation_std is None and other.restricted_mean is None  # one seed; nothing restricted
+
+
+def test_the_table_shows_mean_std_and_range_in_percent():
+    table = seed_table(summarize_over_seeds([row("lora", 0.90, 0.91, 0), row("lora", 0.94, 0.93, 1)]))
+    assert "| sentiment | lora | 0, 1 | 92.0 ± 2.8 | 90.0-94.0 | 92.0 ± 1.4 | 91.0-93.0 |" in table
+    single = seed_table(summarize_over_seeds([row("zero_shot", 0.5, None, None)]))
+    assert "| sentiment | zero_shot | - | 50.0 | - | - | - |" in single
+
+
+def test_the_rows_table_gets_a_seed_column_only_when_rows_have_seeds():
+    assert "| seed |" not in markdown_table([row("lora", 0.9, 0.9, None)])
+    seeded = markdown_table([row("lora", 0.9, 0.9, 2), row("zero_shot", 0.5, 0.5, None)])
+    assert "| task | stage | seed |" in seeded and "| lora | 2 | 90.0 |" in seeded and "| zero_shot | - |" in seeded
