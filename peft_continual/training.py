@@ -63,6 +63,9 @@ class ContinualTrainingArguments(TrainingArguments):
     - ``train_sampling_strategy="group_by_length_per_task"``: batches that keep the mix of tasks while each task's
       rows in a batch have similar lengths (``peft_continual.data.length_sampler``); on the demo's data it cuts the
       padded tokens of round 1 from 30% to 15% and of round 2 from 40% to 2% (``bench/padding.py``).
+    - ``start_rows_learning_rate``, ``stacked_learning_rate``: their own peak rates for the rows the prompts start
+      from and for LoRA/IA3 stacked under the prompts (``param_groups``), with the optimizer ``--optim`` names and its
+      ``--adam_*`` settings.
     - ``precision`` (``auto``, ``bf16``, ``fp16``, ``fp32``): ``auto`` chooses from the hardware (see
       ``peft_continual.precision``) and sets ``bf16``/``fp16`` (and ``use_cpu`` for bf16 on a CPU-only machine, which
       transformers requires). ``--bf16 true``/``--fp16 true`` are read as ``precision`` asked for by name. A device
@@ -92,6 +95,17 @@ class ContinualTrainingArguments(TrainingArguments):
             f"`{GROUP_BY_LENGTH_PER_TASK}`: mixed-task batches with little padding (TaskMixedLengthSampler).",
             "choices": ["random", "sequential", "group_by_length", "batch_rebalance", GROUP_BY_LENGTH_PER_TASK],
         },
+    )
+    start_rows_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the text rows the prompts start from (prompt_init=text); the encoder trains "
+            "at --learning_rate. None: --learning_rate for both."
+        },
+    )
+    stacked_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of LoRA/IA3 stacked under the prompts. None: --learning_rate."},
     )
     precision: str = field(
         default="auto",
@@ -149,6 +163,27 @@ class ContinualTrainer(Trainer):
         self.validation_accuracy = validation_accuracy
         self.task_length_sampler: TaskMixedLengthSampler | None = None
         self.add_callback(_SamplerEpoch(self))
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """Trainer's optimizer (``--optim``, ``--adam_*``, ``--weight_decay``); with ``start_rows_learning_rate`` or
+        ``stacked_learning_rate`` set, over ``param_groups`` with those rates."""
+        rates = (self.args.start_rows_learning_rate, self.args.stacked_learning_rate)
+        if self.optimizer is not None or rates == (None, None):
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ConfigError(f"--optim {self.args.optim} builds its own parameter groups; it cannot take "
+                              "--start_rows_learning_rate or --stacked_learning_rate")  # fmt: skip
+        groups = param_groups(
+            model,
+            prompt_lr=self.args.learning_rate,
+            stacked_lr=self.args.stacked_learning_rate or self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            start_rows_lr=self.args.start_rows_learning_rate,
+        )
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         if self.args.train_sampling_strategy != GROUP_BY_LENGTH_PER_TASK:
@@ -319,6 +354,8 @@ def param_groups(
         dropped.
     """
     tuner = getattr(model, "base_model", model)
+    if not hasattr(tuner, "prompt_parameters"):
+        raise ConfigError(f"separate learning rates need a continual-prompt model, not a {type(tuner).__name__}")
     prompt_ids = {id(p) for p in tuner.prompt_parameters()}
     start_ids = {id(p) for p in _start_row_parameters(tuner)} if start_rows_lr is not None else set()
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -32,6 +32,7 @@ from transformers import set_seed
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual._io import write_atomic
 from peft_continual.data.fewshot import fewshot_template
+from peft_continual.errors import ConfigError
 from peft_continual.evaluation import ValidationAccuracy, evaluate_tasks
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.experiments.cli import run_recipe
@@ -135,12 +136,14 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
     specs = load_task_specs(recipe.tasks)
     rounds = rounds_of(specs)
     if len(recipe.round_max_steps) != len(rounds):
-        raise SystemExit(f"--round_max_steps needs {len(rounds)} values (one per round), got {recipe.round_max_steps}")
+        raise ConfigError(f"--round_max_steps needs {len(rounds)} values (one per round), got {recipe.round_max_steps}")
+    if training.max_steps > 0 or training.num_train_epochs != 3:  # TrainingArguments' default: not given
+        raise ConfigError("--max_steps/--num_train_epochs: each round trains --round_max_steps steps; give those")
     if recipe.validation_accuracy not in ("none", *ACCURACY_MODES):
-        raise SystemExit(f"--validation_accuracy must be one of none, {', '.join(ACCURACY_MODES)}")
+        raise ConfigError(f"--validation_accuracy must be one of none, {', '.join(ACCURACY_MODES)}")
     best = training.metric_for_best_model or "loss"
     if recipe.validation_accuracy == "none" and ("accuracy" in best or "slot_f1" in best):
-        raise SystemExit(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
+        raise ConfigError(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
     check_run_settings(output_dir, run_settings(specs, recipe, training))  # a rerun resumes this run, not another
     train = {s.taskname: load_split(s, recipe.data_dir, "train", s.train_records, training.seed) for s in specs}
     caps = {s.taskname: min(filter(None, [s.eval_records, recipe.max_eval_records]), default=None) for s in specs}

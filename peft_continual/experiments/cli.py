@@ -27,33 +27,82 @@ def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str])
     """``HfArgumentParser`` over the dataclasses: ``--config FILE.yaml`` sets defaults (its keys are the flags'
     names, as in TRL), flags given on the command line override them.
 
+    Raises:
+        ConfigError: an unreadable config, a key or a flag that none of the dataclasses has.
+
     Examples:
         >>> from peft_continual.data.fewshot import FewShotConfig
         >>> parse_config_and_flags([FewShotConfig], ["--k", "2"])[0].k
         2
     """
     parser = HfArgumentParser(list(dataclass_types))
+    defaults, argv, path = _read_config(argv)
+    known = {f.name for cls in dataclass_types for f in fields(cls)}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}")
+    parser.set_defaults(**defaults)
+    parsed = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if parsed[-1]:
+        raise ConfigError(f"unknown flag(s) {parsed[-1]}; --help lists the flags this recipe takes")
+    return tuple(parsed[:-1])
+
+
+def parse_and_pass_on(dataclass_type: type, argv: Sequence[str]) -> tuple[Any, list[str]]:
+    """For a recipe that runs other recipes: its own arguments (``dataclass_type``) from ``--config FILE.yaml`` and
+    flags, and every other key of the file and every other flag as flags to pass on to the recipes it runs.
+
+    Examples:
+        >>> from peft_continual.data.fewshot import FewShotConfig
+        >>> parse_and_pass_on(FewShotConfig, ["--k", "2", "--max_steps", "5"])
+        (FewShotConfig(k=2, ...), ['--max_steps', '5'])
+    """
+    defaults, argv, _ = _read_config(argv)
+    own = {f.name for f in fields(dataclass_type)}
+    passed = [flag for key, value in defaults.items() if key not in own for flag in _as_flags(key, value)]
+    parser = HfArgumentParser([dataclass_type])
+    parser.set_defaults(**{key: value for key, value in defaults.items() if key in own})
+    parsed, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    return parsed, passed + list(remaining)
+
+
+def _read_config(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Path | None]:
+    """The YAML file of ``--config`` (``{}`` without one) and the other arguments."""
     argv = list(argv)
-    if "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 == len(argv):
-            raise ConfigError("--config needs a YAML file")
-        path = Path(argv[at + 1])
-        try:
-            defaults = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: cannot read the config: {error}") from None
-        known = {f.name for cls in dataclass_types for f in fields(cls)}
-        unknown = sorted(set(defaults) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown key(s) {unknown}")
-        parser.set_defaults(**defaults)
-        argv = argv[:at] + argv[at + 2 :]
-    return tuple(parser.parse_args_into_dataclasses(args=argv))
+    if "--config" not in argv:
+        return {}, argv, None
+    at = argv.index("--config")
+    if at + 1 == len(argv):
+        raise ConfigError("--config needs a YAML file")
+    path = Path(argv[at + 1])
+    try:
+        defaults = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: cannot read the config: {error}") from None
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of flag names to values")
+    return defaults, argv[:at] + argv[at + 2 :], path
 
 
-def run_recipe(main: Callable[..., Any], dataclass_types: Sequence[type], argv: Sequence[str]) -> None:
-    """A recipe's entry point: parse the config and flags, show this library's log lines, run ``main``.
+def _as_flags(key: str, value: Any) -> list[str]:
+    """A config value as command-line flags: lists as several values, booleans as true/false, None left out."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [f"--{key}", *map(str, value)]
+    if isinstance(value, bool):
+        return [f"--{key}", str(value).lower()]
+    return [f"--{key}", str(value)]
+
+
+def run_recipe(
+    main: Callable[..., Any],
+    dataclass_types: Sequence[type],
+    argv: Sequence[str],
+    parse: Callable[[Sequence[type], Sequence[str]], tuple[Any, ...]] = parse_config_and_flags,
+) -> None:
+    """A recipe's entry point: parse the config and flags (with ``parse``), show this library's log lines, run
+    ``main``.
 
     A user mistake or a machine that cannot run the recipe (any ``PeftContinualError``: a bad config, a missing data
     file, a precision the device cannot run, a failed check before the run) ends the process with its message and
@@ -69,7 +118,7 @@ def run_recipe(main: Callable[..., Any], dataclass_types: Sequence[type], argv: 
     # Expected: a recipe wraps its one base model again for each round (prompt adapters inject no layers)
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
     try:
-        main(*parse_config_and_flags(dataclass_types, argv))
+        main(*parse(dataclass_types, argv))
     except PeftContinualError as error:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise

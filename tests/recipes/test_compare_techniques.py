@@ -1,20 +1,24 @@
-"""The technique comparison recipe on a tiny random model: every technique is built, trained if it trains, evaluated
-on the same records, and read back on a rerun."""
+"""The technique comparison on a tiny random model: every technique's own recipe is run, trained if it trains,
+evaluated on the same records, and read back on a rerun."""
 
 import json
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoTokenizer, Trainer
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiments.cli import parse_config_and_flags
+from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags
 from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "compare_techniques.py"))
 CONFIG = ROOT / "recipes" / "configs" / "compare_techniques" / "smollm2_135m.yaml"
+CONFIGS = ROOT / "recipes" / "configs"
 TASKS = """
 tasks:
   - {taskname: sentiment, dataset: financial_phrasebank, total_virtual_tokens: 4, virtual_token_splits: [2, 2],
@@ -22,32 +26,34 @@ tasks:
      train_records: 16, eval_records: 6, fewshot: {k: 1},
      evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}, max_new_tokens: 3}}
 """
-WITHOUT_QLORA = [
-    "zero_shot",
-    "few_shot",
-    "prompt_tuning",
-    "p_tuning",
-    "lora",
-    "ia3",
-    "full_fine_tuning",
-    "p_tuning+lora",
-    "peft_prompt_tuning",
-    "peft_p_tuning",
-]
+RUNS = {  # technique -> its recipe config
+    "zero_shot": "few_shot/zero_shot",
+    "few_shot": "few_shot/smollm2_135m",
+    "prompt_tuning": "p_tuning/prompt_tuning",
+    "p_tuning": "p_tuning/smollm2_135m",
+    "lora": "lora/smollm2_135m",
+    "ia3": "ia3/smollm2_135m",
+    "full_fine_tuning": "full_finetune/smollm2_135m",
+    "p_tuning+lora": "p_tuning_lora/smollm2_135m",
+    "peft_prompt_tuning": "prompt_tuning/smollm2_135m",
+    "peft_p_tuning": "peft_p_tuning/smollm2_135m",
+    "qlora": "lora/qlora",
+}
+WITHOUT_QLORA = [name for name in RUNS if name != "qlora"]
 
 
 def run_recipe(tmp_path, model_dir, output_dir, data_dir, techniques=WITHOUT_QLORA, *extra):
     (tmp_path / "tasks.yaml").write_text(TASKS)
     flags = ["--config", str(CONFIG), "--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(data_dir)]
-    flags += ["--model", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "3", "--encoder_type", "mlp"]
+    flags += ["--model", str(model_dir), "--output_dir", str(output_dir), "--max_steps", "3"]
     flags += ["--per_device_train_batch_size", "4", "--disable_tqdm", "true", "--seeds", "0"]  # extra may override
-    flags += ["--techniques", *techniques, *extra]
-    return RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    flags += ["--runs", *[str(CONFIGS / f"{RUNS[name]}.yaml") for name in techniques], *extra]
+    return RECIPE["main"](*parse_and_pass_on(RECIPE["ARGUMENTS"], flags))
 
 
 @pytest.mark.slow
 def test_every_technique_is_evaluated_on_the_same_records(tmp_path, tiny_model_dir, shared_data):
-    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data)
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, WITHOUT_QLORA, "--save_model", "true")
     by_name = {row.stage: row for row in rows}
     assert [row.stage for row in rows] == WITHOUT_QLORA
     assert all(row.task == "sentiment" and row.examples == 6 for row in rows)
@@ -67,6 +73,11 @@ def test_every_technique_is_evaluated_on_the_same_records(tmp_path, tiny_model_d
     assert by_name["peft_p_tuning"].stored_parameters == 4 * 32 < by_name["peft_p_tuning"].trainable_parameters
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [row["stage"] for row in results["rows"]] == WITHOUT_QLORA
+    # each run is its recipe's own: its folder has its results and what it trained
+    lora_run = tmp_path / "out" / "lora" / "seed_0"
+    assert json.loads((lora_run / "results.json").read_text())["rows"][0]["stage"] == "lora"
+    assert (lora_run / "final" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "out" / "p_tuning" / "seed_0" / "final" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow
@@ -79,7 +90,7 @@ def test_every_trained_technique_runs_with_each_seed_and_the_table_gives_mean_an
         ("zero_shot", 3), ("p_tuning", 3), ("p_tuning", 4), ("peft_prompt_tuning", 3), ("peft_prompt_tuning", 4)
     ]  # fmt: skip
     tables = [
-        (tmp_path / "out" / name / f"seed_{seed}" / "checkpoints" / "checkpoint-3" / "adapter_model.safetensors")
+        (tmp_path / "out" / name / f"seed_{seed}" / "checkpoint-3" / "adapter_model.safetensors")
         for name, seed in [("p_tuning", 3), ("p_tuning", 4)]
     ]
     assert tables[0].read_bytes() != tables[1].read_bytes()  # another seed, another model
@@ -95,13 +106,13 @@ def test_every_trained_technique_runs_with_each_seed_and_the_table_gives_mean_an
 
 
 @pytest.mark.slow
-def test_a_rerun_reads_finished_techniques_back_and_refuses_other_settings(
+def test_a_rerun_reads_finished_runs_back_and_refuses_other_settings(
     tmp_path, tiny_model_dir, shared_data, monkeypatch
 ):
     first = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["few_shot", "lora"])
 
     def no_training(self, *args, **kwargs):
-        raise AssertionError("a finished technique was trained again")
+        raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(Trainer, "train", no_training)
     assert run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["few_shot", "lora"]) == first
@@ -124,17 +135,42 @@ def test_qlora_trains_lora_on_a_4bit_base(tmp_path, shared_data):
     assert row.base_parameters == full_precision  # 4-bit weights counted as the values they hold
 
 
-def test_the_config_parses_and_names_known_techniques(monkeypatch):
+@pytest.mark.integration
+def test_a_recipe_runs_alone_from_the_command_line(tmp_path, tiny_model_dir, shared_data):
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    command = [sys.executable, str(ROOT / "recipes" / "lora.py"), "--config", str(CONFIGS / "lora/smollm2_135m.yaml")]
+    command += ["--tasks", str(tmp_path / "tasks.yaml"), "--data_dir", str(shared_data), "--model", str(tiny_model_dir)]
+    command += ["--output_dir", str(tmp_path / "lora"), "--max_steps", "2", "--disable_tqdm", "true"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "lora" / "results.json").read_text())["rows"][0]["examples"] == 6
+    # a flag the recipe cannot honour is refused, with its name, not ignored
+    done = subprocess.run([*command, "--encoder_type", "mlp"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 2 and "unknown flag(s) ['--encoder_type', 'mlp']" in done.stderr
+
+
+def test_every_run_of_the_config_parses_with_its_own_learning_rate(monkeypatch):
     monkeypatch.chdir(ROOT)
-    arguments, techniques, training = parse_config_and_flags(RECIPE["ARGUMENTS"], ["--config", str(CONFIG)])
-    assert arguments.techniques == list(RECIPE["TECHNIQUES"])
-    assert techniques.lora_r == 8 and techniques.full_learning_rate == 2e-5
-    assert training.num_train_epochs == 1 and training.per_device_train_batch_size == 8
+    comparison, passed_on = parse_and_pass_on(RECIPE["ARGUMENTS"], ["--config", str(CONFIG)])
+    assert sorted(comparison.runs) == sorted(f"recipes/configs/{config}.yaml" for config in RUNS.values())
+    rates = {}
+    for run in comparison.runs:
+        recipe_file, technique = RECIPE["recipe_of"](run)
+        recipe = runpy.run_path(str(recipe_file))
+        *_, training = parse_config_and_flags(recipe["ARGUMENTS"], ["--config", run, *passed_on])
+        assert training.num_train_epochs == 1 and training.per_device_train_batch_size == 8
+        rates[technique] = training.learning_rate
+    assert rates["lora"] == rates["qlora"] == 1e-3 and rates["full_fine_tuning"] == 2e-5
+    assert rates["p_tuning"] == 1e-2 and rates["peft_prompt_tuning"] == 3e-2 == rates["prompt_tuning"]
+    assert set(rates) == set(RUNS)
+    assert yaml.safe_load(CONFIG.read_text())["seeds"] == [0, 1, 2]
 
 
-def test_an_unknown_technique_stops_before_any_work(tmp_path):
-    arguments, techniques, training = parse_config_and_flags(
-        RECIPE["ARGUMENTS"], ["--config", str(CONFIG), "--techniques", "lora", "adapterfusion"]
+def test_a_run_that_is_not_a_recipe_config_stops_before_any_work(tmp_path):
+    (tmp_path / "adapterfusion").mkdir()
+    (tmp_path / "adapterfusion" / "x.yaml").write_text("learning_rate: 0.1\n")
+    comparison, passed_on = parse_and_pass_on(
+        RECIPE["ARGUMENTS"], ["--runs", str(tmp_path / "adapterfusion" / "x.yaml"), "--output_dir", str(tmp_path)]
     )
-    with pytest.raises(ConfigError, match="unknown technique"):
-        RECIPE["main"](arguments, techniques, training)
+    with pytest.raises(ConfigError, match="not a recipe config"):
+        RECIPE["main"](comparison, passed_on)

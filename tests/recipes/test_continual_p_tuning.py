@@ -163,9 +163,9 @@ def test_validation_accuracy_of_each_round_task_chooses_the_best_checkpoint(tmp_
 def test_an_accuracy_metric_without_validation_accuracy_stops_before_any_work(tmp_path):
     flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
     flags += ["--metric_for_best_model", "task_accuracy", "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match="needs --validation_accuracy auto"):
+    with pytest.raises(ConfigError, match="needs --validation_accuracy auto"):
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
-    with pytest.raises(SystemExit, match="--validation_accuracy must be one of none, auto, generation, restricted"):
+    with pytest.raises(ConfigError, match="--validation_accuracy must be one of none, auto, generation, restricted"):
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], [*flags, "--validation_accuracy", "autoo"]))
     assert not (tmp_path / "out").exists()
 
@@ -315,3 +315,11 @@ def test_bf16_asked_for_trains_the_default_config_under_autocast(tmp_path, tiny_
     RECIPE["main"](recipe, training)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["precision"].startswith("training precision: bf16 on cpu (asked for bf16")
+
+
+def test_max_steps_is_refused_since_each_round_has_its_own(tmp_path):
+    flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
+    flags += ["--max_steps", "20", "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(ConfigError, match="each round trains --round_max_steps steps"):
+        RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    assert not (tmp_path / "out").exists()

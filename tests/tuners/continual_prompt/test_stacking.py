@@ -6,6 +6,8 @@ and the errors. The precision matrix (bf16, int8, nf4) is ``test_stacking_matrix
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
@@ -413,3 +415,23 @@ def test_lora_weights_stay_float32_on_a_bfloat16_base():
     config = ContinualPromptConfig(templates=[TEMPLATE_A], taskname_token_ids=TASKNAME_IDS, stacked_adapters=LORA)
     model = get_peft_model(tiny_model().to(torch.bfloat16), config)
     assert {p.dtype for p in model.stacked_parameters()} == {torch.float32}, "PEFT's autocast of adapter weights"
+
+
+def test_the_trainer_gives_start_rows_and_lora_their_rates_with_the_optimizer_named_by_optim(tmp_path):
+    from peft_continual.training import ContinualTrainer, ContinualTrainingArguments
+
+    model = stacked_model()
+    args = ContinualTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-2, start_rows_learning_rate=3e-2, stacked_learning_rate=1e-3,
+        optim="sgd", weight_decay=0.1, precision="fp32", report_to=[],
+    )  # fmt: skip
+    optimizer = ContinualTrainer(model=model, args=args).create_optimizer()
+    assert isinstance(optimizer, torch.optim.SGD)  # --optim is honoured, not replaced by a fixed AdamW
+    assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [
+        (3e-2, 0.1), (1e-2, 0.1), (1e-3, 0.1)
+    ]  # fmt: skip
+    assert {id(p) for p in optimizer.param_groups[2]["params"]} == {id(p) for p in model.stacked_parameters()}
+    plain = ContinualTrainer(
+        model=stacked_model(), args=replace(args, start_rows_learning_rate=None, stacked_learning_rate=None)
+    ).create_optimizer()
+    assert len({group["lr"] for group in plain.param_groups}) == 1  # Trainer's own groups (decay / no decay)

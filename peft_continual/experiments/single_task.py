@@ -1,0 +1,282 @@
+"""What every single-task recipe shares: its arguments, its records, its model, the count of what it trains and
+stores, and its results files.
+
+The recipes (``recipes/few_shot.py``, ``prompt_tuning.py``, ``p_tuning.py``, ``peft_p_tuning.py``, ``lora.py``,
+``ia3.py``, ``full_finetune.py``, ``p_tuning_lora.py``) read one task of a task file, train one technique on its
+training records and evaluate it on its test records, all with the same code; ``recipes/compare_techniques.py``
+runs them one after the other. A recipe's own steps (template, wrap, train, evaluate, save) stay in the recipe;
+the bookkeeping is here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from peft_continual.data.records import TaskRecord
+from peft_continual.errors import ConfigError, allowed
+from peft_continual.evaluation.report import TaskResult
+from peft_continual.experiments.results import ResultRow, result_row, write_results
+from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.task_files import (
+    DATA_DIR_VARIABLE,
+    TaskSpec,
+    default_data_dir,
+    load_split,
+    load_task_specs,
+)
+from peft_continual.machine import machine_facts
+from peft_continual.models import load_base_model
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SingleTaskArguments:
+    """One task of a task file, the base model, the evaluation and the run's name in result tables."""
+
+    tasks: str = field(
+        default=str(REPOSITORY / "recipes" / "configs" / "continual_p_tuning" / "tasks.yaml"),
+        metadata={"help": "Task file (YAML `tasks:` list); the task named by --taskname is used."},
+    )
+    taskname: str = field(default="sentiment", metadata={"help": "The task to train and evaluate."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Folder of the datasets; None: ${DATA_DIR_VARIABLE}, else ../shared/data."},
+    )
+    records_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the task's train/test subsets: the same records whatever --seed (which sets the "
+                  "initialisation and batch order)."},
+    )  # fmt: skip
+    model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M), a Hub id or a folder."})
+    bits: int | None = field(
+        default=None, metadata={"help": "Quantize the base with bitsandbytes: 4 (nf4, QLoRA) or 8 (LLM.int8)."}
+    )
+    max_length: int = field(
+        default=512, metadata={"help": "Longest tokenized example, few-shot prompts included (the text field is cut)."}
+    )
+    eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
+    max_eval_records: int | None = field(default=None, metadata={"help": "Cap the test subset (quick runs)."})
+    technique: str | None = field(
+        default=None, metadata={"help": "The run's name in result tables; None: the recipe's name."}
+    )
+    save_model: bool = field(
+        default=True, metadata={"help": "Save what was trained (adapter, table or model) into output_dir/final."}
+    )
+
+
+@dataclass
+class SingleTask:
+    """Step 1 of a recipe: the task and its records."""
+
+    spec: TaskSpec
+    train: list[TaskRecord]
+    test: list[TaskRecord]
+
+    @property
+    def name(self) -> str:
+        return self.spec.taskname
+
+
+def load_task(args: SingleTaskArguments) -> SingleTask:
+    """The task named by ``args.taskname`` and its seeded train/test subsets (``records_seed``)."""
+    specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
+    if args.taskname not in specs:
+        raise ConfigError(f"task {args.taskname!r} is not in {args.tasks}; tasks there: {allowed(specs)}")
+    spec = specs[args.taskname]
+    data_dir = args.data_dir or default_data_dir(REPOSITORY)
+    train = load_split(spec, data_dir, "train", spec.train_records, args.records_seed)
+    test = load_split(spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed)
+    return SingleTask(spec, train, test)
+
+
+def load_tokenizer(args: SingleTaskArguments) -> Any:
+    """The base model's tokenizer (``embedded``: SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    from peft_continual.models import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+
+
+def tokenize_task(args: SingleTaskArguments, task: SingleTask, template: Any) -> tuple[Any, Any, list]:
+    """Step 3: the tokenizer, a ``PromptTokenizer`` of ``template`` and the tokenized training examples
+    (answer-only labels, virtual-token positions where the template has markers)."""
+    from peft_continual.data.tokenize import PromptTokenizer
+
+    tokenizer = load_tokenizer(args)
+    prompts = PromptTokenizer(tokenizer, [template], max_length=args.max_length)
+    return tokenizer, prompts, prompts.tokenize_records(task.train).examples
+
+
+def load_model(args: SingleTaskArguments, training: Any) -> tuple[nn.Module, int]:
+    """Step 4: a fresh base model on the training device, after ``set_seed(training.seed)`` (what the recipe builds on
+    it starts from this seed), and its parameter count (``count_parameters``). With ``--bits`` it is quantized by
+    bitsandbytes (which places it) and prepared for training (gradient checkpointing), as QLoRA does."""
+    from transformers import set_seed
+
+    set_seed(training.seed)
+    if args.bits is None:
+        base = load_base_model(args.model)[0].to(training.device)
+    else:
+        from peft_continual.models.quantized import QuantizationArguments
+
+        base = load_base_model(args.model, QuantizationArguments(bits=args.bits))[0]
+    return base, count_parameters(base)
+
+
+def evaluate(model: nn.Module, prompts: Any, task: SingleTask, args: SingleTaskArguments, virtual_tokens: bool):
+    """Step 7 of every recipe: free generation and restricted choice on the task's test records (``TaskResult``)."""
+    from peft_continual.evaluation import evaluate_tasks
+
+    results = evaluate_tasks(
+        model.eval(),
+        prompts,
+        task.test,
+        [task.spec.evaluation],
+        batch_size=args.eval_batch_size,
+        pass_virtual_tokens=virtual_tokens,
+    )
+    return results[task.name]
+
+
+@dataclass
+class EncoderArguments:
+    """The p-tuning encoder (ours and PEFT's P_TUNING)."""
+
+    encoder_type: str = field(default="lstm", metadata={"help": "`lstm` (NeMo, PEFT), `mlp`, or `embedding` (ours: "
+                              "free rows, i.e. prompt tuning inside the continual method)."})  # fmt: skip
+    encoder_hidden_size: int | None = field(
+        default=None, metadata={"help": "Encoder width; None: the model's width, at most 256."}
+    )
+    init_text: str | None = field(
+        default=None,
+        metadata={"help": "Ours: text whose embeddings start every virtual token; None: the template's init_text, "
+                  "else the task name."},
+    )  # fmt: skip
+
+
+@dataclass
+class LoraArguments:
+    """PEFT's LoRA (alone, on a quantized base, or stacked under the prompts)."""
+
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on LoRA's input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"], metadata={"help": "Linear layers that get LoRA."}
+    )
+
+    def lora_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            task_type="CAUSAL_LM",
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_target_modules,
+        )
+
+
+TRAINING_SETTINGS = (
+    "seed", "max_steps", "num_train_epochs", "learning_rate", "start_rows_learning_rate", "stacked_learning_rate",
+    "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "optim", "bf16", "fp16",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "train_sampling_strategy",
+)  # fmt: skip
+"""The training arguments that decide a run's result: a rerun in the same folder must have the same."""
+
+
+def start_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> str:
+    """Check that ``output_dir`` holds no other run's files (a rerun of the same run resumes from its last
+    checkpoint) and return the run's name: ``--technique``, else the recipe file's name.
+
+    Args:
+        recipe_file: The recipe's ``__file__``.
+        training: ``ContinualTrainingArguments``.
+        args: The task and model arguments.
+        more: The recipe's other argument dataclasses (encoder, LoRA...).
+
+    Raises:
+        ConfigError: ``output_dir`` holds a run made with other settings (each difference named).
+    """
+    check_run_settings(training.output_dir, _run_settings(recipe_file, training, args, *more))
+    return args.technique or Path(recipe_file).stem
+
+
+def finished_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> list[ResultRow] | None:
+    """The rows of this very run if it finished before in ``output_dir`` (``recipes/compare_techniques.py`` reads
+    them back instead of running again); ``None`` if it did not. A folder of another run raises as ``start_run``."""
+    results = Path(training.output_dir) / "results.json"
+    if not results.exists():
+        return None
+    check_run_settings(training.output_dir, _run_settings(recipe_file, training, args, *more))
+    return [ResultRow(**{k: v for k, v in row.items() if k != "stored_percent"})
+            for row in json.loads(results.read_text(encoding="utf-8"))["rows"]]  # fmt: skip
+
+
+def _run_settings(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> dict[str, Any]:
+    """What decides a run's result: the recipe, the task as the task file defines it, the arguments (not where the
+    data is or how large evaluation batches are) and the ``TRAINING_SETTINGS``."""
+    specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
+    settings: dict[str, Any] = {"recipe": Path(recipe_file).stem, "task": asdict(specs[args.taskname])
+                                if args.taskname in specs else None}  # fmt: skip
+    for arguments in (args, *more):
+        settings |= {k: v for k, v in asdict(arguments).items() if k not in ("data_dir", "eval_batch_size", "tasks")}
+    return settings | {name: getattr(training, name, None) for name in TRAINING_SETTINGS}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of a model, quantized ones as their full-precision count (a 4-bit tensor packs two values in each
+    byte; PEFT counts them the same way)."""
+    total = 0
+    for parameter in model.parameters():
+        count = parameter.numel()
+        if parameter.__class__.__name__ == "Params4bit":
+            count *= 2 * getattr(getattr(parameter, "quant_storage", None), "itemsize", 1)
+        total += count
+    return total
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def finish(
+    technique: str,
+    result: TaskResult,
+    training: Any,
+    args: SingleTaskArguments,
+    *,
+    trained: tuple[nn.Module, Any] | None,
+    trainable: int,
+    stored: int,
+    base: int,
+    started: float,
+) -> list[ResultRow]:
+    """Step 8 of every recipe: save what was trained (``trained``: model and tokenizer, into ``output_dir/final``
+    unless ``--save_model false``) and write ``results.json``/``results.md`` of the run into ``output_dir``: the
+    task's row (accuracy, restricted, per class, parameter counts, seed), the command, the machine, the precision
+    and the minutes."""
+    if trained is not None and args.save_model:
+        for part in trained:
+            part.save_pretrained(Path(training.output_dir) / "final")
+    row = result_row(
+        technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base
+    )
+    row.seed = training.seed
+    extra = {
+        "command": " ".join(["python", *sys.argv]),
+        "precision": str(training.precision_choice),
+        "machine": machine_facts(),
+        "minutes": round((time.time() - started) / 60, 1),
+    }
+    write_results(Path(training.output_dir), [row], extra, f"{technique} on {result.taskname}")
+    return [row]
