@@ -268,9 +268,7 @@ def finish(
     if trained is not None and args.save_model:
         for part in trained:
             part.save_pretrained(Path(training.output_dir) / "final")
-    row = result_row(
-        technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base
-    )
+    row = result_row(technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base)
     row.seed = training.seed
     extra = {
         "command": " ".join(["python", *sys.argv]),
