@@ -1,10 +1,13 @@
 """Prompting without training: zero-shot (``--k 0``) or few-shot (``k`` demonstrations from the training records
-before each test input), the baselines every trained technique must beat.
+before each test input), as raw text or in the model's chat format (``--chat_template true``, with
+``--system_prompt``): the baselines every trained technique must beat.
 
 Run from the repository root, in the venv:
 
     python recipes/few_shot.py --config recipes/configs/few_shot/smollm2_135m.yaml
     python recipes/few_shot.py --config recipes/configs/few_shot/zero_shot.yaml
+    python recipes/few_shot.py --config recipes/configs/few_shot/zero_shot.yaml --chat_template true \
+        --system_prompt "Answer with one word: positive, negative or neutral."
 
 Demonstrations are chosen as the task file's ``fewshot:`` section says (per class by default, seeded); the model
 reads the task's template without its virtual tokens, after them. Nothing trains: of ``TrainingArguments`` only
@@ -17,7 +20,9 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 
+from peft_continual.data.chat import chat_template
 from peft_continual.data.fewshot import fewshot_template
+from peft_continual.errors import ConfigError
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
 from peft_continual.experiments.single_task import SingleTaskArguments
@@ -33,6 +38,13 @@ class FewShotArguments:
         metadata={"help": "Demonstrations (per class, or in all, as the task file's fewshot section says); 0: "
                   "zero-shot; None: the task file's k."},
     )  # fmt: skip
+    chat_template: bool = field(
+        default=False,
+        metadata={"help": "Put the prompt in the model's chat format (user turn; the answer is the assistant's)."},
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "With --chat_template: the system turn (None: the chat template's default)."}
+    )
 
 
 ARGUMENTS = (SingleTaskArguments, FewShotArguments, ContinualTrainingArguments)
@@ -40,6 +52,8 @@ TRAINS = False
 
 
 def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: ContinualTrainingArguments):
+    if fewshot.system_prompt is not None and not fewshot.chat_template:
+        raise ConfigError("--system_prompt needs --chat_template true (a system turn exists only in the chat format)")
     technique, started = single_task.start_run(__file__, training, args, fewshot), time.time()
     # 1 records: the demonstrations come from the training records
     task = single_task.load_task(args)
@@ -47,6 +61,8 @@ def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: Continu
     settings = task.spec.fewshot if fewshot.k is None else replace(task.spec.fewshot, k=fewshot.k)
     template = fewshot_template(task.spec.template, task.train, settings) if settings.k else None
     template = template or task.spec.template.without_virtual_tokens()
+    if fewshot.chat_template:  # the demonstrations and the input as the user's turn
+        template = chat_template(template, single_task.load_tokenizer(args), fewshot.system_prompt)
     # 3 tokenize
     _, prompts, _ = single_task.tokenize_task(args, task, template)
     # 4 base model, 5 nothing to wrap, 6 nothing to train

@@ -1,0 +1,42 @@
+"""The prompting recipe: zero/few-shot as raw text or in the model's chat format, on a tiny model."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+from peft_continual.errors import ConfigError
+from peft_continual.experiments.cli import parse_config_and_flags
+from tests.recipes.test_compare_techniques import TASKS
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = runpy.run_path(str(ROOT / "recipes" / "few_shot.py"))
+
+
+def flags(tmp_path, model_dir, data_dir, *extra):
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    return ["--config", str(ROOT / "recipes/configs/few_shot/smollm2_135m.yaml"), "--tasks", str(tmp_path / "tasks.yaml"),
+            "--data_dir", str(data_dir), "--model", str(model_dir), "--output_dir", str(tmp_path / "out"), *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_chat_format_puts_the_system_prompt_and_demonstrations_in_the_models_markup(
+    tmp_path, tiny_model_dir, shared_data
+):
+    system = "Answer with one word."
+    arguments = parse_config_and_flags(
+        RECIPE["ARGUMENTS"],
+        flags(tmp_path, tiny_model_dir, shared_data, "--chat_template", "true", "--system_prompt", system),
+    )
+    (row,) = RECIPE["main"](*arguments)
+    assert row.stage == "few_shot" and row.examples == 6 and row.trainable_parameters == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["rows"][0]["generation"] == row.generation
+
+
+def test_a_system_prompt_without_the_chat_format_stops_before_any_work(tmp_path):
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, "m", "d", "--system_prompt", "Be brief."))
+    with pytest.raises(ConfigError, match="--system_prompt needs --chat_template true"):
+        RECIPE["main"](*arguments)
+    assert not (tmp_path / "out").exists()
