@@ -59,6 +59,8 @@ def write_table_card(
     datasets: Sequence[str] = (),
     languages: Sequence[str] = (),
     name: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    carried_results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ModelCard:
     """Write (or update) ``folder/README.md`` for the table whose ``ContinualPromptConfig`` is ``config``.
 
@@ -73,6 +75,8 @@ def write_table_card(
         base_model: The base model's Hub id; default ``base_model_id(config.base_model_name_or_path)``.
         license, datasets, languages: Hub metadata, when known (the data sets' licences are the user's to state).
         name: The card's title and ``model_name``; default: the folder's name.
+        sources: Task name -> the table it came from (``peft_continual.merge``); listed in the tasks table.
+        carried_results: Task name -> results as an earlier card listed them (a merge carries each source's).
 
     Returns:
         The card written.
@@ -80,8 +84,8 @@ def write_table_card(
     path = Path(folder) / "README.md"
     existing = _load_card(path)
     previous = _previous_facts(existing)
-    tasks = _task_facts(config, previous.get("tasks", {}), rounds or {})
-    scores = {**previous.get("results", {}), **_scores(results)}
+    tasks = _task_facts(config, previous.get("tasks", {}), rounds or {}, sources or {})
+    scores = {**previous.get("results", {}), **dict(carried_results or {}), **_scores(results)}
     base = base_model or previous.get("base_model") or base_model_id(getattr(config, "base_model_name_or_path", None))
     settings = {**previous.get("training", {}), **dict(training or {})}
     data = ModelCardData(
@@ -142,8 +146,11 @@ def _previous_facts(card: ModelCard | None) -> dict[str, Any]:
     return facts
 
 
-def _task_facts(config: Any, earlier: Mapping[str, Any], rounds: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-    """Per task: template, virtual tokens, round, whether it is frozen in the table or still in training."""
+def _task_facts(
+    config: Any, earlier: Mapping[str, Any], rounds: Mapping[str, int], sources: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """Per task: template, virtual tokens, round, whether it is frozen in the table or still in training, and the
+    table it was merged from (where known)."""
     next_round = max((facts.get("round") or 0 for facts in earlier.values()), default=0) + 1
     facts = {}
     for template in config.task_templates():
@@ -155,6 +162,9 @@ def _task_facts(config: Any, earlier: Mapping[str, Any], rounds: Mapping[str, in
             "round": rounds.get(name, known.get("round", next_round)),
             "state": "frozen" if name in config.frozen_tasks else "in training",
         }
+        source = sources.get(name, known.get("source"))
+        if source:
+            facts[name]["source"] = source
     return facts
 
 
@@ -207,12 +217,14 @@ def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base:
         "",
         "## Tasks",
         "",
-        "| task | round | virtual tokens | state | template |",
-        "|---|---|---|---|---|",
     ]
+    merged = any("source" in facts for facts in tasks.values())
+    lines += ["| task | round | virtual tokens | state | template |" + (" merged from |" if merged else ""),
+              "|---|---|---|---|---|" + ("---|" if merged else "")]  # fmt: skip
     for name, facts in tasks.items():
         template = facts["template"].replace("\n", "\\n").replace("|", "\\|")
-        lines.append(f"| {name} | {facts['round']} | {facts['virtual_tokens']} | {facts['state']} | `{template}` |")
+        row = f"| {name} | {facts['round']} | {facts['virtual_tokens']} | {facts['state']} | `{template}` |"
+        lines.append(row + (f" {facts.get('source', '-')} |" if merged else ""))
     if scores:
         lines += [
             "",

@@ -185,3 +185,46 @@ def embedded_model(embedded_model_dir: Path):
     from peft_continual.models.embedded import load_embedded_model
 
     return load_embedded_model(embedded_model_dir)
+
+
+# --- a faked Hugging Face Hub (this machine has no network) --------------------------------------------------------
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A Hub of local folders: ``repos[repo_id] = folder`` publishes a folder; downloads are copied into a cache
+    folder, as the Hub does, and an unknown repository raises ``RepositoryNotFoundError``. Returns ``(repos,
+    fetched)``: ``fetched`` lists every file copied into the cache."""
+    import shutil
+
+    import peft.config
+    import peft.utils.save_and_load
+    import requests
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    from peft_continual.tuners.continual_prompt import safe_load
+
+    repos: dict[str, Path] = {}
+    fetched: list[str] = []
+
+    def hf_hub_download(repo_id, filename, subfolder=None, revision=None, **_):
+        if repo_id not in repos:
+            response = requests.Response()
+            response.status_code = 404
+            raise RepositoryNotFoundError(f"{repo_id} is not on the (faked) Hub", response=response)
+        source = repos[repo_id] / (subfolder or "") / filename
+        if not source.is_file():
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        target = tmp_path / "cache" / repo_id / (revision or "main") / (subfolder or "") / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            shutil.copy(source, target)
+            fetched.append(filename)
+        return str(target)
+
+    def file_exists(repo_id, filename, **_):
+        return (repos[repo_id] / filename).is_file()
+
+    for module in (safe_load, peft.config, peft.utils.save_and_load):
+        monkeypatch.setattr(module, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(peft.utils.save_and_load, "file_exists", file_exists)
+    monkeypatch.setattr(peft.utils.save_and_load.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return repos, fetched

@@ -6,46 +6,15 @@ from __future__ import annotations
 
 import pickle
 import shutil
-from pathlib import Path
 
-import peft.config
-import peft.utils.save_and_load
 import pytest
 import torch
-from huggingface_hub.errors import EntryNotFoundError
 from peft import PeftModel
 
 from peft_continual.errors import AdapterFileError
 from peft_continual.tuners.continual_prompt import safe_load
 from tests.tuners.continual_prompt.conftest import MIXED_ROWS, make_batch, tiny_model
 from tests.tuners.continual_prompt.test_safe_load import WritesAFile
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """``repos[repo_id] = folder`` publishes a folder; downloads are copied into a cache folder, as the Hub does."""
-    repos: dict[str, Path] = {}
-    fetched: list[str] = []
-
-    def hf_hub_download(repo_id, filename, subfolder=None, revision=None, **_):
-        source = repos[repo_id] / (subfolder or "") / filename
-        if not source.is_file():
-            raise EntryNotFoundError(f"{filename} not in {repo_id}")
-        target = tmp_path / "cache" / repo_id / (revision or "main") / (subfolder or "") / filename
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
-            shutil.copy(source, target)
-            fetched.append(filename)
-        return str(target)
-
-    def file_exists(repo_id, filename, **_):
-        return (repos[repo_id] / filename).is_file()
-
-    for module in (safe_load, peft.config, peft.utils.save_and_load):
-        monkeypatch.setattr(module, "hf_hub_download", hf_hub_download)
-    monkeypatch.setattr(peft.utils.save_and_load, "file_exists", file_exists)
-    monkeypatch.setattr(peft.utils.save_and_load.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    return repos, fetched
 
 
 def test_a_table_on_the_hub_loads_like_the_local_folder(saved, hub):
