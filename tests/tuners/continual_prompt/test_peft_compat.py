@@ -139,16 +139,19 @@ def test_auto_peft_model_for_causal_lm_loads_from_a_local_base(tmp_path):
     assert loaded.prompt_table.row_hashes() == model.prompt_table.row_hashes()
 
 
-def test_peft_model_subclasses_reach_our_two_peft_model_hooks():
+def test_peft_model_subclasses_reach_our_peft_model_hooks():
     for name, hook in (
         ("save_pretrained", compat.save_pretrained),
         ("disable_adapter", compat.disable_adapter),
+        ("load_adapter", compat.load_adapter),
+        ("push_to_hub", compat.push_to_hub),
     ):
         assert getattr(PeftModelForCausalLM, name) is hook, CHANGED + f"PeftModelForCausalLM overrides {name}"
     compat.patch_peft_model()  # a second import must not wrap twice
     assert PeftModel.save_pretrained is compat.save_pretrained
     assert compat.peft_save_pretrained.__module__ == "peft.peft_model"
     assert compat.peft_disable_adapter.__module__ == "peft.peft_model"
+    assert compat.peft_push_to_hub.__module__ == "transformers.utils.hub"  # PushToHubMixin's: it overwrites the card
     assert "is_main_process" in inspect.signature(compat.peft_save_pretrained).parameters
 
 
@@ -324,3 +327,15 @@ def test_import_peft_imports_bitsandbytes_when_it_is_installed():
         alias.name for node in top_level for stmt in node.body if isinstance(stmt, ast.Import) for alias in stmt.names
     }
     assert "bitsandbytes" in imported, CHANGED + "peft.helpers no longer imports bitsandbytes at import time"
+
+
+def test_peft_config_readers_are_wrapped_once_and_a_missing_local_adapter_keeps_pefts_error(tmp_path):
+    from peft.config import PeftConfigMixin
+
+    compat.patch_peft_model()  # a second import must not wrap twice
+    assert PeftConfigMixin.__dict__["from_pretrained"].__func__ is compat.config_from_pretrained
+    assert PeftConfigMixin.__dict__["_get_peft_type"].__func__ is compat.get_peft_type
+    assert compat.peft_config_from_pretrained.__module__ == compat.peft_get_peft_type.__module__ == "peft.config"
+    # not a Hub error (an invalid repo id): PEFT's own ValueError, unchanged
+    with pytest.raises(ValueError, match="Can't find 'adapter_config.json'"):
+        PeftModel.from_pretrained(tiny_model(), str(tmp_path / "no" / "such" / "folder"))
