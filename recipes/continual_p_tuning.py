@@ -37,6 +37,7 @@ from peft_continual.evaluation import ValidationAccuracy, evaluate_tasks
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.experiments.cli import run_recipe
 from peft_continual.experiments.frozen_recheck import carry_over, frozen_check, records_to_evaluate
+from peft_continual.experiments.hub import push_table
 from peft_continual.experiments.results import (
     ResultRow,
     StageMinutes,
@@ -214,8 +215,11 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
             trainable = model.get_nb_trainable_parameters()[0]
             # 7 train (resumes from the last checkpoint of an interrupted run).
             args = replace(
-                training, output_dir=str(round_dir / "checkpoints"), max_steps=recipe.round_max_steps[number - 1]
-            )
+                training,
+                output_dir=str(round_dir / "checkpoints"),
+                max_steps=recipe.round_max_steps[number - 1],
+                push_to_hub=False,
+            )  # fmt: skip  (the table is pushed below, never the checkpoints)
             examples = prompts.tokenize_records([r for n in names for r in train[n]]).examples
             validation = [r for n in names for r in valid[n]]
             held_out = prompts.tokenize_records(validation).examples
@@ -276,6 +280,8 @@ def main(recipe: RecipeArguments, training: ContinualTrainingArguments) -> list[
                       "batch_size": training.per_device_train_batch_size, "encoder_type": recipe.encoder_type,
                       "precision": training.precision_choice.precision.value},
         )  # fmt: skip
+        if training.push_to_hub:  # 8b the table and its card, one commit per round (--hub_model_id)
+            push_table(round_dir / "table", training, f"Round {number}: {', '.join(names)}")
         clock.lap(f"round {number} evaluation")
         # 10 results so far: a long run shows its finished rounds before the next one ends
         spent = [*earlier_minutes, round((time.time() - started) / 60, 1)]

@@ -1,0 +1,27 @@
+"""The recipes' ``--push_to_hub``: a saved table folder, its card included, uploaded as one commit.
+
+transformers' names: ``--push_to_hub``, ``--hub_model_id`` (default: the output folder's name), ``--hub_token``,
+``--hub_private_repo``, ``--hub_revision`` (a branch, created when missing). The recipes push the table after each
+round themselves (the folder ``save_pretrained`` wrote, with the card that lists every task and its results), so
+``Trainer`` is given ``push_to_hub=False`` and never uploads checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def push_table(folder: str | Path, training: Any, commit_message: str) -> str:
+    """Upload ``folder`` to the Hub repository the training arguments name; return the commit's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=training.hub_token)
+    repo_id = training.hub_model_id or Path(training.output_dir).name
+    repo_id = api.create_repo(repo_id, private=training.hub_private_repo, exist_ok=True).repo_id
+    revision = getattr(training, "hub_revision", None)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                               revision=revision)  # fmt: skip
+    return str(commit)
