@@ -43,10 +43,8 @@ def main(args: SingleTaskArguments, ia3: IA3Arguments, training: ContinualTraini
     technique, started = single_task.start_run(__file__, training, args, ia3), time.time()
     # 1 records
     task = single_task.load_task(args)
-    # 2 template: text only (IA3 reads what LoRA reads)
-    template = task.spec.template.without_virtual_tokens()
-    # 3 tokenize
-    tokenizer, prompts, examples = single_task.tokenize_task(args, task, template)
+    # 2 template: text only (IA3 reads what LoRA reads); 3 tokenize
+    tokenizer, prompts, examples = single_task.tokenize_task(args, task, task.spec.template.without_virtual_tokens())
     # 4 base model
     base, base_parameters = single_task.load_model(args, training)
     # 5 wrap: one scaling vector per target layer
@@ -54,14 +52,14 @@ def main(args: SingleTaskArguments, ia3: IA3Arguments, training: ContinualTraini
         task_type="CAUSAL_LM", target_modules=ia3.ia3_target_modules, feedforward_modules=ia3.ia3_feedforward_modules
     )
     model = get_peft_model(base, config)
-    trainable = single_task.trainable_parameters(model)
+    vectors = single_task.trainable_parameters(model)  # one scale per channel of each target layer
     # 6 train
     train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
     # 7 evaluate
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=False)
     # 8 save the vectors, write the results
-    return single_task.finish(technique, result, training, args, trained=(model, tokenizer), trainable=trainable,
-                              stored=trainable, base=base_parameters, started=started)  # fmt: skip
+    return single_task.finish(technique, result, training, args, trained=(model, tokenizer), trainable=vectors,
+                              stored=vectors, base=base_parameters, started=started)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -63,14 +63,14 @@ def main(args: SingleTaskArguments, tuning: PromptTuningArguments, training: Con
         tokenizer_name_or_path=tokenizer.name_or_path if text else None,
     )
     model = get_peft_model(base, config)
-    trainable = single_task.trainable_parameters(model)
+    rows = single_task.trainable_parameters(model)  # (count, D): all it trains, all it stores
     # 6 train (PEFT's forward prepends the rows)
     train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
     # 7 evaluate the text's logits with the rows in front
     result = single_task.evaluate(PrependedPrompts(model), prompts, task, args, virtual_tokens=False)
     # 8 save the rows, write the results
-    return single_task.finish(technique, result, training, args, trained=(model, tokenizer), trainable=trainable,
-                              stored=count * model.active_peft_config.token_dim, base=base_parameters, started=started)  # fmt: skip
+    return single_task.finish(technique, result, training, args, trained=(model, tokenizer), trainable=rows,
+                              stored=rows, base=base_parameters, started=started)  # fmt: skip
 
 
 if __name__ == "__main__":
