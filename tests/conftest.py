@@ -2,7 +2,8 @@
 
 Test tiers (run from the repository root, in the venv):
 
-- Unit, seconds, no real model, no extra processes, what to run while coding::
+- Unit, each test under about a second on the project's 2-core machine, no real model, no extra processes, what to
+  run while coding (``--durations`` prints the slowest)::
 
       python -m pytest -m "not slow and not integration"
 
@@ -18,8 +19,9 @@ Markers (declared in `pyproject.toml`, `--strict-markers` is on):
 
 - `slow`: uses the real embedded SmolLM2-135M. Tests that take the `embedded_model` or `embedded_model_dir`
   fixture are marked `slow` automatically.
-- `integration`: starts processes (``tests/distributed``: 2-process data-parallel training on gloo) or runs a whole
-  recipe on tiny models; tens of seconds each.
+- `integration`: starts processes (``tests/distributed``: 2-process data-parallel training on gloo; the Hub stand-in
+  of ``tests/test_hub.py``), runs a whole recipe, or trains/generates long enough on tiny models to take over a
+  second; seconds to tens of seconds each.
 - `bnb`: needs bitsandbytes; skipped automatically when it is not installed.
 - `gpu`: needs a CUDA device; skipped automatically when `torch.cuda.is_available()` is False.
 

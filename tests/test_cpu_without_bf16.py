@@ -79,6 +79,7 @@ def capped() -> dict:
     return json.loads(lines[-1].removeprefix("FOUND"))
 
 
+@pytest.mark.integration
 def test_the_cap_reproduces_a_cpu_without_bf16_and_its_lstm_crash(capped):
     """The premise of the next test. If torch ever gains a bf16 LSTM kernel for such CPUs, the second assertion
     fails: then the note in ``peft_continual/prompting/encoder.py`` can say it is no longer needed there."""

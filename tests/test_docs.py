@@ -39,6 +39,7 @@ PAGES = [page for page in sorted(DOCS.rglob("*.md")) if python_blocks(page)]  # 
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
+@pytest.mark.integration
 def test_python_blocks_in_docs_pages_run(page):
     namespace: dict = {}
     for block in python_blocks(page):

@@ -51,6 +51,7 @@ def check(base, tokenizer, choice=FP32):
     )  # fmt: skip
 
 
+@pytest.mark.integration
 def test_every_stage_runs_once_and_the_base_is_left_as_found(tokenizer):
     base = build_tiny_model()
     before = {name: (p.requires_grad, p.detach().clone()) for name, p in base.named_parameters()}

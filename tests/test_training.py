@@ -88,6 +88,7 @@ class CrashAt(TrainerCallback):
 
 
 @pytest.mark.parametrize("sampling", ["random", "group_by_length", "group_by_length_per_task"])
+@pytest.mark.integration
 def test_a_rerun_resumes_from_the_last_checkpoint_and_ends_like_an_uninterrupted_run(
     tiny_llama, smollm2_tokenizer, tmp_path, sampling
 ):
@@ -135,6 +136,7 @@ def test_batches_grouped_by_length_per_task_keep_both_tasks(tiny_llama, smollm2_
     assert padding < 0.5 * sum((batch["attention_mask"] == 0).sum().item() for batch in random_order)
 
 
+@pytest.mark.integration
 def test_best_checkpoint_by_validation_accuracy(make_tiny_model, smollm2_tokenizer, tmp_path):
     """``metric_for_best_model="task_accuracy"``: every evaluation logs the per-task scores, the checkpoint kept as
     best is the one with the highest mean, and the model loaded at the end scores exactly that again."""

@@ -25,6 +25,7 @@ DATASET_TEMPLATES = {
 
 
 @pytest.mark.parametrize("folder", sorted(DATASET_TEMPLATES))
+@pytest.mark.integration
 def test_every_split_of_every_dataset_tokenizes_and_collates(smollm2_tokenizer, folder):
     prompt_template, total, splits = DATASET_TEMPLATES[folder]
     for split in ("train", "validation", "test"):

@@ -62,6 +62,7 @@ def test_restricted_scores_from_candidate_trees_equal_full_forwards(peft_model, 
     )
 
 
+@pytest.mark.integration
 def test_generation_is_greedy_decoding_by_pefts_own_forward_and_a_batch_its_rows_alone(peft_model, smollm2_tokenizer):
     model = PrependedPrompts(peft_model)
     tokenizer = PromptTokenizer(smollm2_tokenizer, [TEMPLATE])

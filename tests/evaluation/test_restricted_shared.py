@@ -71,6 +71,7 @@ def assert_same(choices, expected):
 @pytest.mark.parametrize("score_eos", [True, False])
 @pytest.mark.parametrize("batch_size", [2, 64])
 @pytest.mark.parametrize("tree_tokens", [1, 64])
+@pytest.mark.integration
 def test_shared_prompt_scores_equal_full_forward_scores(
     make_tiny_model, smollm2_tokenizer, family, score_eos, batch_size, tree_tokens, monkeypatch
 ):
@@ -86,6 +87,7 @@ def test_shared_prompt_scores_equal_full_forward_scores(
     assert len({c.index for c in choices}) > 1 or len({round(s, 3) for s in choices[0].scores}) > 1  # not degenerate
 
 
+@pytest.mark.integration
 def test_each_prompt_runs_once_and_duplicates_share_it(tiny_llama, smollm2_tokenizer):
     model = FakeVirtualModel(tiny_llama, {})
     prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [PLAIN])
@@ -117,6 +119,7 @@ def mixed_records():
 
 
 @pytest.mark.parametrize("batch_size", [3, 64])
+@pytest.mark.integration
 def test_mixed_tasks_with_different_candidate_counts_on_the_prompt_model(
     make_tiny_model, smollm2_tokenizer, batch_size
 ):
@@ -190,6 +193,7 @@ def test_candidate_tree_shares_prefixes_and_each_node_sees_only_its_ancestors():
     assert sees[1] == [[1, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0, 1]]
 
 
+@pytest.mark.integration
 def test_models_without_4d_masks_score_every_candidate_by_a_full_forward(tiny_llama, smollm2_tokenizer, monkeypatch):
     assert accepts_tree_masks(tiny_llama) and accepts_tree_masks(FakeVirtualModel(tiny_llama, {}))
     assert not accepts_tree_masks(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))

@@ -41,6 +41,7 @@ def greedy(model, rows) -> torch.Tensor:
     return model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
 
 
+@pytest.mark.integration
 def test_freeze_moves_trained_tasks_into_the_table_and_drops_the_encoder():
     model = make_peft_model()
     train(model, MIXED_ROWS)
@@ -59,6 +60,7 @@ def test_freeze_moves_trained_tasks_into_the_table_and_drops_the_encoder():
         model.freeze_tasks()
 
 
+@pytest.mark.integration
 def test_freeze_save_load_gives_identical_logits_and_only_the_table(tmp_path):
     model = make_peft_model("gpt2")
     train(model, MIXED_ROWS)
@@ -94,6 +96,7 @@ def test_open_round_saves_the_encoder_and_resumes_with_is_trainable(tmp_path):
     assert frozen.get_nb_trainable_parameters()[0] == 0 and not frozen.training
 
 
+@pytest.mark.integration
 def test_round_two_leaves_old_rows_bit_identical_and_trains_the_new_task(tmp_path):
     model = make_peft_model(taskname_token_ids=dict(TASKNAME_IDS))
     train(model, MIXED_ROWS)

@@ -63,6 +63,7 @@ def test_mixed_batch_forward_equals_each_row_alone(family):
         pytest.param({"num_beams": 3}, id="beams"),
     ],
 )
+@pytest.mark.integration
 def test_mixed_batch_generate_equals_each_row_alone(family, generation):
     model = frozen_and_training(family)
     batch = make_batch(ROWS_ABC, padding_side="left")
@@ -78,6 +79,7 @@ def test_mixed_batch_generate_equals_each_row_alone(family, generation):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.integration
 def test_cached_generate_equals_greedy_decoding_without_cache(family):
     """The KV cache built from the injected prefill gives the tokens of full recomputation at every step."""
     model = frozen_and_training(family)

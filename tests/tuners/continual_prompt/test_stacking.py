@@ -185,6 +185,7 @@ def test_lora_first_then_a_prompt_round_with_lora_frozen(tmp_path):
         assert torch.equal(loaded(**make_batch(MIXED_ROWS)).logits, model(**make_batch(MIXED_ROWS)).logits)
 
 
+@pytest.mark.integration
 def test_prompts_first_then_a_lora_round_with_the_table_frozen():
     model = stacked_model()
     model.set_requires_grad("lora", False)
@@ -209,6 +210,7 @@ def test_set_requires_grad_refuses_unknown_names():
 # ---------------------------------------------------------------------------------------------- save / load
 
 
+@pytest.mark.integration
 def test_one_save_writes_both_and_one_load_restores_both(tmp_path):
     model = stacked_model(stacked=TWO_LORAS)
     train(model, make_batch(MIXED_ROWS), steps=2)
@@ -379,6 +381,7 @@ def test_adapter_names_pick_one_lora_per_row_in_forward():
 
 
 @pytest.mark.parametrize("num_beams", [1, 2])
+@pytest.mark.integration
 def test_adapter_names_pick_one_lora_per_row_in_generate(num_beams):
     model = stacked_model(stacked=TWO_LORAS).eval()
     batch = make_batch(MIXED_ROWS, padding_side="left")

@@ -34,6 +34,7 @@ def base_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("device", "base", "method"), MATRIX)
+@pytest.mark.integration
 def test_a_few_steps_lower_the_loss(base_dir, device, base, method):
     model = make_model(base_dir, base, method, device)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -44,6 +45,7 @@ def test_a_few_steps_lower_the_loss(base_dir, device, base, method):
 
 
 @pytest.mark.parametrize(("device", "base", "method"), MATRIX)
+@pytest.mark.integration
 def test_save_then_load_gives_the_same_logits(base_dir, tmp_path, device, base, method):
     model = make_model(base_dir, base, method, device)
     batch = to_device(make_batch(MIXED_ROWS), device)
@@ -58,6 +60,7 @@ def test_save_then_load_gives_the_same_logits(base_dir, tmp_path, device, base, 
 
 
 @pytest.mark.parametrize(("device", "base", "method"), MATRIX)
+@pytest.mark.integration
 def test_mixed_task_greedy_generate_equals_each_row_alone(base_dir, device, base, method):
     """On int8 with LLM.int8's outlier decomposition off: with it on, rows depend on each other in bitsandbytes
     itself (``test_int8_outlier_decomposition_makes_the_plain_base_batch_dependent``)."""
@@ -77,6 +80,7 @@ def test_mixed_task_greedy_generate_equals_each_row_alone(base_dir, device, base
 
 
 @pytest.mark.parametrize(("device", "base", "method"), MATRIX)
+@pytest.mark.integration
 def test_switching_the_adapter_off_gives_the_prompt_only_outputs_exactly(base_dir, device, base, method):
     model = make_model(base_dir, base, method, device).eval()
     batch = to_device(make_batch(MIXED_ROWS), device)

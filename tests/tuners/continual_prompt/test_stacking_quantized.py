@@ -78,6 +78,7 @@ def test_no_module_of_the_package_imports_bitsandbytes_when_imported():
         assert "peft_continual.models.quantized" not in imported, f"{path} imports the quantized helpers eagerly"
 
 
+@pytest.mark.integration
 def test_everything_but_quantization_works_without_bitsandbytes():
     result = run_python(
         """

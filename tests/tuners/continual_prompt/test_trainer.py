@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -32,6 +33,7 @@ def arguments(output_dir, **overrides) -> TrainingArguments:
     return TrainingArguments(**(settings | overrides))
 
 
+@pytest.mark.integration
 def test_trainer_lowers_the_loss(tmp_path):
     model = make_peft_model()
     trainer = Trainer(model=model, args=arguments(tmp_path), train_dataset=ROWS, data_collator=collate)
@@ -50,6 +52,7 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
+@pytest.mark.integration
 def test_resumed_training_ends_with_the_table_of_an_uninterrupted_run(tmp_path):
     settings = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3}
     straight = make_peft_model(encoder_type="mlp", seed=1)
