@@ -23,10 +23,10 @@ from pathlib import Path
 import yaml
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags, run_recipe
+from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags, run_recipe, without_flags
 from peft_continual.experiments.results import ResultRow, write_results
 from peft_continual.experiments.seed_summary import seed_table, summarize_over_seeds
-from peft_continual.experiments.single_task import finished_run
+from peft_continual.experiments.single_task import TRAINING_SETTINGS, finished_run
 from peft_continual.machine import machine_facts
 
 RECIPES = Path(__file__).resolve().parent
@@ -54,9 +54,11 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
     for config in comparison.runs:
         recipe_file, technique = recipe_of(config)
         recipe = runpy.run_path(str(recipe_file))
+        # a recipe that trains nothing runs once and gets no training flags (it would refuse them)
+        given = passed_on if recipe["TRAINS"] else without_flags(passed_on, TRAINING_SETTINGS)
         for seed in comparison.seeds if recipe["TRAINS"] else comparison.seeds[:1]:
             run_dir = output_dir / technique.replace("+", "_") / f"seed_{seed}"
-            flags = ["--config", config, *passed_on, "--seed", str(seed), "--output_dir", str(run_dir)]
+            flags = ["--config", config, *given, "--seed", str(seed), "--output_dir", str(run_dir)]
             arguments = parse_config_and_flags(recipe["ARGUMENTS"], flags)
             rows += finished_run(str(recipe_file), arguments[-1], *arguments[:-1]) or recipe["main"](*arguments)
 

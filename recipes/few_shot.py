@@ -11,7 +11,8 @@ Run from the repository root, in the venv:
 
 Demonstrations are chosen as the task file's ``fewshot:`` section says (per class by default, seeded); the model
 reads the task's template without its virtual tokens, after them. Nothing trains: of ``TrainingArguments`` only
-``--output_dir``, ``--seed`` and ``--precision`` apply. Writes ``results.json``/``results.md`` into ``--output_dir``.
+``--output_dir``, ``--seed`` and ``--precision`` apply, and training flags (``--learning_rate``, ``--max_steps``...) are
+refused. Writes ``results.json``/``results.md`` into ``--output_dir``.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ TRAINS = False
 
 
 def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: ContinualTrainingArguments):
+    if single_task.training_flags_given(training):
+        raise ConfigError(f"{single_task.training_flags_given(training)}: few-shot prompting trains nothing")
     if fewshot.system_prompt is not None and not fewshot.chat_template:
         raise ConfigError("--system_prompt needs --chat_template true (a system turn exists only in the chat format)")
     technique, started = single_task.start_run(__file__, training, args, fewshot), time.time()

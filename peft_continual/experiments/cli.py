@@ -66,6 +66,22 @@ def parse_and_pass_on(dataclass_type: type, argv: Sequence[str]) -> tuple[Any, l
     return parsed, passed + list(remaining)
 
 
+def without_flags(argv: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``argv`` less the flags ``--<name>`` of ``names`` and their values.
+
+    Examples:
+        >>> without_flags(["--max_steps", "5", "--k", "2", "--lora_target_modules", "q", "v"], ["max_steps"])
+        ['--k', '2', '--lora_target_modules', 'q', 'v']
+    """
+    kept, skipping = [], False
+    for item in argv:
+        if item.startswith("--"):
+            skipping = item[2:].split("=")[0] in names
+        if not skipping:
+            kept.append(item)
+    return kept
+
+
 def _read_config(argv: Sequence[str]) -> tuple[dict[str, Any], list[str], Path | None]:
     """The YAML file of ``--config`` (``{}`` without one) and the other arguments."""
     argv = list(argv)

@@ -194,6 +194,14 @@ TRAINING_SETTINGS = (
 """The training arguments that decide a run's result: a rerun in the same folder must have the same."""
 
 
+def training_flags_given(training: Any) -> list[str]:
+    """The ``TRAINING_SETTINGS`` (but the seed) set away from their defaults: a recipe that trains nothing refuses
+    them rather than ignore them."""
+    default = type(training)(output_dir=training.output_dir, precision=training.precision)
+    return [f"--{name}" for name in TRAINING_SETTINGS
+            if name != "seed" and getattr(training, name, None) != getattr(default, name, None)]  # fmt: skip
+
+
 def start_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> str:
     """Check that ``output_dir`` holds no other run's files (a rerun of the same run resumes from its last
     checkpoint) and return the run's name: ``--technique``, else the recipe file's name.

@@ -40,3 +40,12 @@ def test_a_system_prompt_without_the_chat_format_stops_before_any_work(tmp_path)
     with pytest.raises(ConfigError, match="--system_prompt needs --chat_template true"):
         RECIPE["main"](*arguments)
     assert not (tmp_path / "out").exists()
+
+
+def test_training_flags_are_refused_not_ignored(tmp_path):
+    arguments = parse_config_and_flags(
+        RECIPE["ARGUMENTS"], flags(tmp_path, "m", "d", "--max_steps", "5", "--learning_rate", "0.1")
+    )
+    with pytest.raises(ConfigError, match=r"\['--max_steps', '--learning_rate'\]: few-shot prompting trains nothing"):
+        RECIPE["main"](*arguments)
+    assert not (tmp_path / "out").exists()
