@@ -230,3 +230,21 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(peft.utils.save_and_load, "file_exists", file_exists)
     monkeypatch.setattr(peft.utils.save_and_load.huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     return repos, fetched
+
+
+@pytest.fixture
+def hub_server(monkeypatch):
+    """The Hub stand-in of ``tests/hub_stand_in.py`` on 127.0.0.1, with this process's ``huggingface_hub`` pointed at
+    it (as ``HF_ENDPOINT`` does in a fresh process) and a token set."""
+    import huggingface_hub.constants as constants
+
+    from tests.hub_stand_in import HubStandIn
+
+    with HubStandIn() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+        monkeypatch.setattr(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        )
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline otherwise
+        monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
+        yield hub

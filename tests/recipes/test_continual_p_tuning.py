@@ -326,30 +326,23 @@ def test_max_steps_is_refused_since_each_round_has_its_own(tmp_path):
 
 
 @pytest.mark.slow
-def test_push_to_hub_uploads_each_rounds_table_with_its_card(tmp_path, tiny_model_dir, shared_data, monkeypatch):
-    import huggingface_hub.constants
+def test_push_to_hub_uploads_each_rounds_table_with_its_card(tmp_path, tiny_model_dir, shared_data, hub_server):
     from huggingface_hub import ModelCard
     from safetensors.torch import load
 
-    from tests.hub_stand_in import HubStandIn
-
-    with HubStandIn() as hub:
-        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.endpoint)
-        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the tests run offline otherwise
-        monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
-        output_dir = tmp_path / "out"
-        run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, "--push_to_hub", "true",
-                   "--hub_model_id", "team/demo")  # fmt: skip
-        repo = hub.repos["team/demo"]
-        messages = [repo.messages[sha] for sha in repo.commits if sha in repo.messages]
-        assert messages == ["Round 1: sentiment, intent_and_slot", "Round 2: sentiment_no"]
-        files = hub.files("team/demo")
-        local = output_dir / "round_2" / "table"
-        assert files["adapter_model.safetensors"] == (local / "adapter_model.safetensors").read_bytes()
-        assert set(load(files["adapter_model.safetensors"])) == {
-            f"base_model.continual_prompt_table.task:{name}"
-            for name in ("sentiment", "intent_and_slot", "sentiment_no")
-        }
-        card = ModelCard(files["README.md"].decode()).data.to_dict()["peft_continual"]
-        assert set(card["results"]) == {"sentiment", "intent_and_slot", "sentiment_no"}
-        assert not any(path.startswith("checkpoint") for path in files)  # Trainer pushed nothing of its own
+    output_dir = tmp_path / "out"
+    run_recipe(
+        tmp_path, tiny_model_dir, output_dir, shared_data, "--push_to_hub", "true", "--hub_model_id", "team/demo"
+    )
+    repo = hub_server.repos["team/demo"]
+    messages = [repo.messages[sha] for sha in repo.commits if sha in repo.messages]
+    assert messages == ["Round 1: sentiment, intent_and_slot", "Round 2: sentiment_no"]
+    files = hub_server.files("team/demo")
+    local = output_dir / "round_2" / "table"
+    assert files["adapter_model.safetensors"] == (local / "adapter_model.safetensors").read_bytes()
+    assert set(load(files["adapter_model.safetensors"])) == {
+        f"base_model.continual_prompt_table.task:{name}" for name in ("sentiment", "intent_and_slot", "sentiment_no")
+    }
+    card = ModelCard(files["README.md"].decode()).data.to_dict()["peft_continual"]
+    assert set(card["results"]) == {"sentiment", "intent_and_slot", "sentiment_no"}
+    assert not any(path.startswith("checkpoint") for path in files)  # Trainer pushed nothing of its own

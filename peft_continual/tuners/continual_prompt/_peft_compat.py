@@ -429,7 +429,7 @@ def push_to_hub(
                                 max_shard_size=max_shard_size, tags=tags)  # fmt: skip
     import tempfile
 
-    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub import HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
     api = HfApi(token=token)
@@ -438,7 +438,10 @@ def push_to_hub(
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
         with contextlib.suppress(EntryNotFoundError, RevisionNotFoundError):  # a first push has no card yet
-            shutil.copy(api.hf_hub_download(repo_id, "README.md", revision=revision), Path(folder) / "README.md")
+            shutil.copy(
+                hf_hub_download(repo_id, "README.md", revision=revision, token=token, endpoint=api.endpoint),
+                Path(folder) / "README.md",
+            )
         self.save_pretrained(folder, max_shard_size=max_shard_size)
         write_table_card(folder, self.peft_config[self.active_adapter], name=repo_id.split("/")[-1])  # not the tmp name
         if tags:

@@ -120,22 +120,16 @@ def test_other_processes_of_a_distributed_run_write_nothing(tmp_path):
     assert list((tmp_path / "table").iterdir()) == []  # PEFT creates the folder and writes nothing
 
 
-def test_push_to_hub_uploads_a_complete_adapter(tmp_path):
-    """transformers' ``push_to_hub`` saves through ``save_pretrained`` into a temporary folder, then uploads it."""
-    uploaded = {}
+def test_push_to_hub_uploads_a_complete_adapter_with_its_own_card(hub_server):
+    """Against the Hub stand-in, in this process (``tests/test_hub.py`` loads it back in fresh ones)."""
+    from huggingface_hub import ModelCard
 
-    def upload(self, folder, repo_id, **kwargs):
-        uploaded.update(repo_id=repo_id, files=sorted(os.listdir(folder)))
-
-    hub = "transformers.utils.hub"
-    with (
-        mock.patch(f"{hub}.hf_api") as api,
-        mock.patch(f"{hub}.create_and_tag_model_card"),
-        mock.patch.object(PeftModel, "_upload_modified_files", upload),
-    ):
-        api.return_value.create_repo.return_value.repo_id = "me/prompts"
-        frozen_model().push_to_hub("me/prompts")
-    assert uploaded == {"repo_id": "me/prompts", "files": FILES}
+    frozen_model().push_to_hub("me/prompts", commit_message="first table")
+    files = hub_server.files("me/prompts")
+    assert sorted(set(files) - {".gitattributes"}) == FILES
+    assert list(hub_server.repos["me/prompts"].messages.values()) == ["first table"]
+    card = ModelCard(files["README.md"].decode())
+    assert "peft-continual" in card.data.tags and "# prompts" in card.text  # ours, titled after the repository
 
 
 # ---------------------------------------------------------------------------------------------- other PEFT methods
