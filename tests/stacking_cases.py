@@ -1,6 +1,6 @@
 """Builders shared by the stacking tests: tiny bases in five precisions, and prompts alone or with LoRA/IA3.
 
-The tiny model here is 64 wide, not the 32 of ``tests/prompting/conftest.py``: bitsandbytes' CPU 4-bit kernels
+The tiny model here is 64 wide, not the 32 of ``tests/tuners/continual_prompt/conftest.py``: bitsandbytes' CPU 4-bit kernels
 reshape each layer's quantization constants per 64-wide block, and a 32-wide layer fails in a no-grad forward
 ("shape '[32, 0]' is invalid", bitsandbytes 0.50.2). Int8 layers have no such limit; one size serves both.
 """

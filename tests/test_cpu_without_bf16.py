@@ -82,7 +82,7 @@ def capped() -> dict:
 @pytest.mark.integration
 def test_the_cap_reproduces_a_cpu_without_bf16_and_its_lstm_crash(capped):
     """The premise of the next test. If torch ever gains a bf16 LSTM kernel for such CPUs, the second assertion
-    fails: then the note in ``peft_continual/prompting/encoder.py`` can say it is no longer needed there."""
+    fails: then the note in ``peft_continual/tuners/continual_prompt/encoder.py`` can say it is no longer needed there."""
     assert capped["onednn_bf16"] is False
     assert "could not create a primitive descriptor for the LSTM" in capped["plain_lstm_under_bf16_autocast"]
 

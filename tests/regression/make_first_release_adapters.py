@@ -4,7 +4,7 @@ Run once, at the last commit before ``prompt_init`` existed (9f574af), from a ch
 
     python tests/regression/make_first_release_adapters.py tests/regression/first_release
 
-It saves, for the tiny model of ``tests/prompting/conftest.py``: an adapter in the middle of a round (LSTM encoder
+It saves, for the tiny model of ``tests/tuners/continual_prompt/conftest.py``: an adapter in the middle of a round (LSTM encoder
 after 3 SGD steps, tasks ``sentiment`` and ``topic``), the same adapter frozen into a prompt table, and a prompt-tuning
 adapter with an ``init_text``; with each, the prompts and the logits the release computed on ``MIXED_ROWS``.
 """
