@@ -23,10 +23,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
-    reason="ONEDNN_MAX_CPU_ISA caps oneDNN's x86-64 instruction sets; this is not an x86-64 torch build with oneDNN",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        platform.machine().lower() not in ("x86_64", "amd64") or not torch.backends.mkldnn.is_available(),
+        reason="ONEDNN_MAX_CPU_ISA caps oneDNN's x86-64 instruction sets; this is not an x86-64 torch build with oneDNN",
+    ),
+    pytest.mark.integration,  # every test reads the probe of one capped subprocess (seconds)
+]
 
 PROBE = textwrap.dedent(
     """
@@ -79,7 +82,6 @@ def capped() -> dict:
     return json.loads(lines[-1].removeprefix("FOUND"))
 
 
-@pytest.mark.integration
 def test_the_cap_reproduces_a_cpu_without_bf16_and_its_lstm_crash(capped):
     """The premise of the next test. If torch ever gains a bf16 LSTM kernel for such CPUs, the second assertion
     fails: then the note in ``peft_continual/tuners/continual_prompt/encoder.py`` can say it is no longer needed there."""
