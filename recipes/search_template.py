@@ -162,8 +162,11 @@ class SearchSpace:
     fractions: list[float]
 
 
-def check_space(args: SearchArguments, own: TaskTemplate) -> SearchSpace:
-    """The search space (the task's own choices included); refuse one the trials could not use."""
+def check_space(args: SearchArguments, own: TaskTemplate, training: Any = None) -> SearchSpace:
+    """The search space (the task's own choices included); refuse one the trials could not use, and flags that
+    each trial's own settings would override."""
+    if training is not None and (training.max_steps > 0 or training.num_train_epochs != 3):
+        raise ConfigError("--max_steps/--num_train_epochs: each trial trains --trial_max_steps steps; give that")
     templates = list(dict.fromkeys([own.prompt_template, *args.templates]))
     for text in templates:
         if marker_count(text) not in (1, 2):
@@ -215,7 +218,7 @@ def main(args: SearchArguments, training: ContinualTrainingArguments) -> dict[st
     if args.taskname not in specs:
         raise ConfigError(f"task {args.taskname!r} is not in {args.tasks}; tasks there: {sorted(specs)}")
     spec = specs[args.taskname]
-    space = check_space(args, spec.template)
+    space = check_space(args, spec.template, training)
     kept = {
         name: value for name, value in asdict(args).items() if name not in ("n_trials", "data_dir", "eval_batch_size")
     }

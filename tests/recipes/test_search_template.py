@@ -119,6 +119,7 @@ def test_a_search_space_the_trials_cannot_use_is_refused(tmp_path, shared_data):
         (["--templates", "{sentence} -> {label}"], "needs 1 or 2 virtual-token markers"),
         (["--learning_rate_range", "0.1", "0.01"], "0 < low <= high"),
         (["--first_split_fractions", "0", "0.5"], "strictly between 0 and 1"),
+        (["--max_steps", "100"], "each trial trains --trial_max_steps steps"),
     ]:
         with pytest.raises(ConfigError, match=message):
             RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], base + flags))
