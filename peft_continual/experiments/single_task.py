@@ -272,7 +272,7 @@ def finish(
     """Step 8 of every recipe: save what was trained (``trained``: model and tokenizer, into ``output_dir/final``
     unless ``--save_model false``) and write ``results.json``/``results.md`` of the run into ``output_dir``: the
     task's row (accuracy, restricted, per class, parameter counts, seed), the command, the machine, the precision
-    and the minutes."""
+    and the minutes; the table is printed too."""
     if trained is not None and args.save_model:
         for part in trained:
             part.save_pretrained(Path(training.output_dir) / "final")
@@ -285,4 +285,5 @@ def finish(
         "minutes": round((time.time() - started) / 60, 1),
     }
     write_results(Path(training.output_dir), [row], extra, f"{technique} on {result.taskname}")
+    print((Path(training.output_dir) / "results.md").read_text())  # the result table, at the end of the run
     return [row]

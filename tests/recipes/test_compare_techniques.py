@@ -144,6 +144,7 @@ def test_a_recipe_runs_alone_from_the_command_line(tmp_path, tiny_model_dir, sha
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "lora" / "results.json").read_text())["rows"][0]["examples"] == 6
+    assert "| sentiment | lora | 0 |" in done.stdout  # the result table, printed at the end
     # a flag the recipe cannot honour is refused, with its name, not ignored
     done = subprocess.run([*command, "--encoder_type", "mlp"], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 2 and "unknown flag(s) ['--encoder_type', 'mlp']" in done.stderr
