@@ -156,6 +156,7 @@ def merge_tables(
     merged = _merged_config(tables[0].config, chosen)
     rows = {_ROW_KEY + task_key(new): table.rows[old].contiguous() for new, (table, old) in chosen.items()}
     config = ContinualPromptConfig(**{key: value for key, value in merged.items() if key != "peft_type"})
+    results = {table.source: table.results() for table in tables}  # each card read once
     output_dir = Path(output_dir)
     with files_into_place(output_dir, ".partial-", last=[CONFIG_NAME]) as staging:
         save_file(rows, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
@@ -166,8 +167,8 @@ def merge_tables(
             name=output_dir.name,
             sources={new: table.source for new, (table, _) in chosen.items()},
             carried_results={
-                new: table.results()[old] for new, (table, old) in chosen.items() if old in table.results()
-            },
+                new: results[table.source][old] for new, (table, old) in chosen.items() if old in results[table.source]
+            },  # fmt: skip
         )
     return output_dir
 

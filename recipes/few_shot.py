@@ -53,8 +53,9 @@ TRAINS = False
 
 
 def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: ContinualTrainingArguments):
-    if single_task.training_flags_given(training):
-        raise ConfigError(f"{single_task.training_flags_given(training)}: few-shot prompting trains nothing")
+    given = single_task.training_flags_given(training)
+    if given:
+        raise ConfigError(f"{given}: few-shot prompting trains nothing")
     if fewshot.system_prompt is not None and not fewshot.chat_template:
         raise ConfigError("--system_prompt needs --chat_template true (a system turn exists only in the chat format)")
     technique, started = single_task.start_run(__file__, training, args, fewshot), time.time()

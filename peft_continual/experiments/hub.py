@@ -14,14 +14,10 @@ from typing import Any
 
 def push_table(folder: str | Path, training: Any, commit_message: str) -> str:
     """Upload ``folder`` to the Hub repository the training arguments name; return the commit's URL."""
-    from huggingface_hub import HfApi
+    from peft_continual.tuners.continual_prompt._peft_compat_hub import upload_table_folder
 
-    api = HfApi(token=training.hub_token)
-    repo_id = training.hub_model_id or Path(training.output_dir).name
-    repo_id = api.create_repo(repo_id, private=training.hub_private_repo, exist_ok=True).repo_id
-    revision = getattr(training, "hub_revision", None)
-    if revision:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
-                               revision=revision)  # fmt: skip
+    commit = upload_table_folder(folder, training.hub_model_id or Path(training.output_dir).name,
+                                 token=training.hub_token, private=training.hub_private_repo,
+                                 revision=getattr(training, "hub_revision", None) or None,
+                                 commit_message=commit_message)  # fmt: skip
     return str(commit)

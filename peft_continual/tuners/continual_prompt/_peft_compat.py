@@ -29,7 +29,8 @@ leave every other PEFT method untouched:
    ``PeftConfig.from_pretrained`` and ``AutoPeftModel*`` before anything else) raises ``AdapterFileError`` naming the
    file for a file that is not JSON or not a JSON object, for every PEFT method: PEFT's raw ``JSONDecodeError`` names
    neither. Both are ``ValueError``s.
-5d. ``PeftConfig.from_pretrained`` (the same entry point) says why a Hub adapter cannot be found (no such repository,
+5d. (in the sibling ``_peft_compat_hub``, with ``PeftModel.push_to_hub``) ``PeftConfig.from_pretrained`` (the same
+   entry point) says why a Hub adapter cannot be found (no such repository,
    no such revision, no config in it, not cached while offline) where PEFT says only "Can't find
    'adapter_config.json'"; the ``AdapterFileError`` keeps PEFT's ``ValueError`` as its cause.
 
@@ -53,7 +54,6 @@ import functools
 import inspect
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ from peft.utils.peft_types import PeftType, register_peft_method
 from torch import nn
 
 from peft_continual._io import files_into_place
-from peft_continual.errors import AdapterFileError, ConfigError
+from peft_continual.errors import ConfigError
 from peft_continual.model_card import write_table_card
 from peft_continual.tuners.continual_prompt.safe_load import (
     check_adapter_weights,
@@ -273,13 +273,9 @@ peft_disable_adapter = _peft_method("disable_adapter")
 """PEFT's ``PeftModel.disable_adapter``, unwrapped."""
 
 peft_load_adapter = _peft_method("load_adapter")
-"""PEFT's own ``PeftModel.load_adapter``."""
-peft_push_to_hub = _peft_method("push_to_hub")
-"""``PeftModel.push_to_hub`` (transformers' ``PushToHubMixin``)."""
-"""PEFT's ``PeftModel.load_adapter``, unwrapped."""
+"""PEFT's own ``PeftModel.load_adapter``, unwrapped."""
 
 _SAVE_SIGNATURE = inspect.signature(peft_save_pretrained)
-
 peft_from_json_file = getattr(
     PeftConfigMixin.__dict__["from_json_file"].__func__, _ORIGINAL, PeftConfigMixin.__dict__["from_json_file"].__func__
 )
@@ -296,67 +292,6 @@ def from_json_file(cls: type, path_json_file: str, **kwargs: Any) -> dict[str, A
         raise damaged_config(path_json_file, error) from None
     check_config_object(path_json_file, data)  # PEFT's reader fails on any other JSON value with a TypeError
     return peft_from_json_file(cls, path_json_file, **kwargs)
-
-
-def _peft_config_method(name: str) -> Any:
-    """PEFT's own ``PeftConfigMixin.<name>`` (a classmethod's function), even after ``patch_peft_model``."""
-    function = PeftConfigMixin.__dict__[name].__func__
-    return getattr(function, _ORIGINAL, function)
-
-
-peft_config_from_pretrained = _peft_config_method("from_pretrained")
-"""PEFT's ``PeftConfigMixin.from_pretrained``, unwrapped."""
-peft_get_peft_type = _peft_config_method("_get_peft_type")
-"""PEFT's ``PeftConfigMixin._get_peft_type`` (``PeftModel.from_pretrained``'s first download), unwrapped."""
-
-
-def config_from_pretrained(cls: type, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
-    """PEFT's config loader (``PeftConfig.from_pretrained``, ``AutoPeftModel*``); where PEFT says only "Can't find
-    'adapter_config.json'", say why: no such repository, no such revision, no config in it, or not cached while
-    offline."""
-    with _hub_reasons(pretrained_model_name_or_path, kwargs.get("revision")):
-        return peft_config_from_pretrained(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-
-
-def get_peft_type(cls: type, model_id: str, **hf_hub_download_kwargs: Any) -> Any:
-    """PEFT's first read of a config in ``PeftModel.from_pretrained``, with the reasons of ``config_from_pretrained``."""
-    with _hub_reasons(model_id, hf_hub_download_kwargs.get("revision")):
-        return peft_get_peft_type(cls, model_id, **hf_hub_download_kwargs)
-
-
-@contextlib.contextmanager
-def _hub_reasons(repo_id: Any, revision: str | None) -> Iterator[None]:
-    """Turn PEFT's "Can't find" ``ValueError`` of a Hub download into ``AdapterFileError`` with the reason."""
-    try:
-        yield
-    except ValueError as error:
-        reason = _hub_reason(error.__cause__ or error.__context__, str(repo_id), revision)
-        if reason is None:
-            raise
-        raise AdapterFileError(reason) from error
-
-
-def _hub_reason(cause: BaseException | None, repo_id: str, revision: str | None) -> str | None:
-    """What a Hub download error means for an adapter, in words; ``None`` for any other error."""
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(cause, RepositoryNotFoundError):
-        return (f"{repo_id}: no such folder here, and no such repository on the Hugging Face Hub (or it is private "
-                "and no token was given: `hf auth login` or token=...)")  # fmt: skip
-    if isinstance(cause, RevisionNotFoundError):
-        return f"{repo_id}: the Hub repository has no revision {revision!r} (a branch, tag or commit hash)"
-    if isinstance(cause, LocalEntryNotFoundError):
-        return (f"{repo_id}: {CONFIG_NAME} is not in the Hugging Face cache and the Hub cannot be reached (offline "
-                "mode or no network): download the adapter while online first")  # fmt: skip
-    if isinstance(cause, EntryNotFoundError):
-        where = f" at revision {revision!r}" if revision else ""
-        return f"{repo_id}: the Hub repository has no {CONFIG_NAME}{where}: it holds no PEFT adapter"
-    return None
 
 
 @functools.wraps(peft_save_pretrained, assigned=("__name__", "__qualname__"))  # PEFT's signature for help()
@@ -402,62 +337,6 @@ def load_adapter(self: PeftModel, model_id: str | os.PathLike, adapter_name: str
     return peft_load_adapter(self, model_id, adapter_name, *args, **kwargs)
 
 
-@functools.wraps(peft_push_to_hub, assigned=("__name__", "__qualname__"))
-def push_to_hub(
-    self: PeftModel,
-    repo_id: str,
-    *,
-    commit_message: str | None = None,
-    commit_description: str | None = None,
-    private: bool | None = None,
-    token: bool | str | None = None,
-    revision: str | None = None,
-    create_pr: bool = False,
-    max_shard_size: int | str | None = "50GB",
-    tags: list[str] | None = None,
-) -> Any:
-    """PEFT's ``push_to_hub`` (same arguments); for this method the table's own card is uploaded with it.
-
-    transformers' version saves the model, then overwrites the saved ``README.md`` with the card it found on the Hub
-    (or a blank template). Here the card on the Hub (its branch ``revision``), if any, is fetched into the folder
-    first, so ``save_pretrained`` updates it: the user's text and the results of earlier rounds stay, the tasks of
-    this save are listed. The branch is created when missing. Other PEFT methods take PEFT's path.
-    """
-    if not isinstance(self.base_model, PeftTunerBase):
-        return peft_push_to_hub(self, repo_id, commit_message=commit_message, commit_description=commit_description,
-                                private=private, token=token, revision=revision, create_pr=create_pr,
-                                max_shard_size=max_shard_size, tags=tags)  # fmt: skip
-    import tempfile
-
-    from huggingface_hub import HfApi, ModelCard, hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    if revision is not None and not create_pr:
-        api.create_branch(repo_id, branch=revision, exist_ok=True)
-    with tempfile.TemporaryDirectory() as folder:
-        with contextlib.suppress(EntryNotFoundError, RevisionNotFoundError):  # a first push has no card yet
-            shutil.copy(
-                hf_hub_download(repo_id, "README.md", revision=revision, token=token, endpoint=api.endpoint),
-                Path(folder) / "README.md",
-            )
-        self.save_pretrained(folder, max_shard_size=max_shard_size)
-        write_table_card(folder, self.peft_config[self.active_adapter], name=repo_id.split("/")[-1])  # not the tmp name
-        if tags:
-            card = ModelCard.load(Path(folder) / "README.md")
-            card.data.tags = list(dict.fromkeys([*(card.data.tags or []), *tags]))
-            card.save(Path(folder) / "README.md")
-        return api.upload_folder(
-            repo_id=repo_id,
-            folder_path=folder,
-            commit_message=commit_message or "Upload prompt table",
-            commit_description=commit_description,
-            revision=revision,
-            create_pr=create_pr,
-        )
-
-
 @contextlib.contextmanager
 def disable_adapter(self: PeftModel) -> Iterator[None]:
     """``with model.disable_adapter():`` runs the plain base model; the prompts are back after the block.
@@ -482,21 +361,24 @@ def disable_adapter(self: PeftModel) -> Iterator[None]:
 
 
 def patch_peft_model() -> None:
-    """Install ``save_pretrained``, ``load_adapter`` and ``disable_adapter`` on ``PeftModel`` (and so on its
-    subclasses) and ``from_json_file`` on PEFT's configs; idempotent."""
+    """Install ``save_pretrained``, ``load_adapter``, ``disable_adapter`` and (``_peft_compat_hub``) ``push_to_hub``
+    on ``PeftModel`` (and so on its subclasses), ``from_json_file`` and the Hub-aware config readers on PEFT's
+    configs; idempotent."""
+    from peft_continual.tuners.continual_prompt import _peft_compat_hub as hub  # it builds on this module
+
     for name, hook, original in (
         ("save_pretrained", save_pretrained, peft_save_pretrained),
         ("load_adapter", load_adapter, peft_load_adapter),
         ("disable_adapter", disable_adapter, peft_disable_adapter),
-        ("push_to_hub", push_to_hub, peft_push_to_hub),
+        ("push_to_hub", hub.push_to_hub, hub.peft_push_to_hub),
     ):
         setattr(hook, _ORIGINAL, original)
         setattr(PeftModel, name, hook)
     setattr(from_json_file, _ORIGINAL, peft_from_json_file)
     PeftConfigMixin.from_json_file = classmethod(from_json_file)
     for name, hook, original in (
-        ("from_pretrained", config_from_pretrained, peft_config_from_pretrained),
-        ("_get_peft_type", get_peft_type, peft_get_peft_type),
+        ("from_pretrained", hub.config_from_pretrained, hub.peft_config_from_pretrained),
+        ("_get_peft_type", hub.get_peft_type, hub.peft_get_peft_type),
     ):
         setattr(hook, _ORIGINAL, original)
         setattr(PeftConfigMixin, name, classmethod(hook))

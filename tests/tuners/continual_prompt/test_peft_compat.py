@@ -29,6 +29,9 @@ from peft_continual.tuners.continual_prompt import (
 from peft_continual.tuners.continual_prompt import (
     _peft_compat as compat,
 )
+from peft_continual.tuners.continual_prompt import (
+    _peft_compat_hub as compat_hub,
+)
 from tests.tuners.continual_prompt.conftest import TEMPLATE_A, make_batch, make_peft_model, tiny_model
 
 CHANGED = "PEFT changed: "
@@ -144,14 +147,16 @@ def test_peft_model_subclasses_reach_our_peft_model_hooks():
         ("save_pretrained", compat.save_pretrained),
         ("disable_adapter", compat.disable_adapter),
         ("load_adapter", compat.load_adapter),
-        ("push_to_hub", compat.push_to_hub),
+        ("push_to_hub", compat_hub.push_to_hub),
     ):
         assert getattr(PeftModelForCausalLM, name) is hook, CHANGED + f"PeftModelForCausalLM overrides {name}"
     compat.patch_peft_model()  # a second import must not wrap twice
     assert PeftModel.save_pretrained is compat.save_pretrained
     assert compat.peft_save_pretrained.__module__ == "peft.peft_model"
     assert compat.peft_disable_adapter.__module__ == "peft.peft_model"
-    assert compat.peft_push_to_hub.__module__ == "transformers.utils.hub"  # PushToHubMixin's: it overwrites the card
+    assert (
+        compat_hub.peft_push_to_hub.__module__ == "transformers.utils.hub"
+    )  # PushToHubMixin's: it overwrites the card
     assert "is_main_process" in inspect.signature(compat.peft_save_pretrained).parameters
 
 
@@ -333,9 +338,11 @@ def test_peft_config_readers_are_wrapped_once_and_a_missing_local_adapter_keeps_
     from peft.config import PeftConfigMixin
 
     compat.patch_peft_model()  # a second import must not wrap twice
-    assert PeftConfigMixin.__dict__["from_pretrained"].__func__ is compat.config_from_pretrained
-    assert PeftConfigMixin.__dict__["_get_peft_type"].__func__ is compat.get_peft_type
-    assert compat.peft_config_from_pretrained.__module__ == compat.peft_get_peft_type.__module__ == "peft.config"
+    assert PeftConfigMixin.__dict__["from_pretrained"].__func__ is compat_hub.config_from_pretrained
+    assert PeftConfigMixin.__dict__["_get_peft_type"].__func__ is compat_hub.get_peft_type
+    assert (
+        compat_hub.peft_config_from_pretrained.__module__ == compat_hub.peft_get_peft_type.__module__ == "peft.config"
+    )
     # not a Hub error (an invalid repo id): PEFT's own ValueError, unchanged
     with pytest.raises(ValueError, match="Can't find 'adapter_config.json'"):
         PeftModel.from_pretrained(tiny_model(), str(tmp_path / "no" / "such" / "folder"))
