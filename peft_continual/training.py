@@ -120,8 +120,10 @@ class ContinualTrainingArguments(TrainingArguments):
         self.bf16 = self.precision_choice.precision is Precision.BF16
         self.fp16 = self.precision_choice.precision is Precision.FP16
         if self.precision_choice.device == "cpu":
-            if self.bf16:
-                self.use_cpu = True  # transformers refuses bf16 without a GPU unless use_cpu says the CPU is meant
+            # Say that the CPU is meant: transformers refuses bf16 without a GPU otherwise, and under accelerate launch
+            # or torchrun on a machine without a GPU it would see no distributed setup (each process training alone
+            # on all the data) where use_cpu gives DDP over gloo.
+            self.use_cpu = True
             self.dataloader_pin_memory = False  # pinned memory only speeds up copies to a GPU (torch warns on CPU)
         _log_once(str(self.precision_choice))
         super().__post_init__()

@@ -24,7 +24,7 @@ import yaml
 
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags, run_recipe, without_flags
-from peft_continual.experiments.results import ResultRow, write_results
+from peft_continual.experiments.results import ResultRow, show_results, write_results
 from peft_continual.experiments.seed_summary import seed_table, summarize_over_seeds
 from peft_continual.experiments.single_task import TRAINING_SETTINGS, finished_run
 from peft_continual.machine import machine_facts
@@ -75,7 +75,7 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
     }
     summary = f"Mean ± sample standard deviation over seeds {comparison.seeds}:\n\n{seed_table(summaries)}"
     write_results(output_dir, rows, extra, f"Techniques compared on {rows[0].task}", summary=summary)
-    print((output_dir / "results.md").read_text())
+    show_results(output_dir)
     return rows
 
 

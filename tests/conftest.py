@@ -248,3 +248,24 @@ def hub_server(monkeypatch):
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the tests run offline otherwise
         monkeypatch.setenv("HF_TOKEN", "hf_stand_in")
         yield hub
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path, tiny_llama):
+    """A tiny Llama saved like a Hub model, with the real tokenizer (the recipes tokenize real records)."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "tiny-model"
+    tiny_llama.save_pretrained(path)
+    AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    """The ``../shared/data`` folder; the tests that read it are skipped where it is absent."""
+    from tests.data.shared_data import SHARED_DATA
+
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is not here")
+    return SHARED_DATA

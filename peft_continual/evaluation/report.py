@@ -3,6 +3,9 @@
 All records, of any mix of tasks, go through generation and scoring together (mixed-task batches, as the continual
 model serves them); only the metrics are split by task. Records whose prompt does not fit ``max_length`` (with
 ``on_too_long="skip"``) are left out of a task's metrics and counted in ``num_skipped``.
+
+Under ``accelerate launch``/``torchrun`` the records are split between the processes and the answers gathered
+(``peft_continual.processes.across_processes``): N processes evaluate N times faster and return the same metrics.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from peft_continual.evaluation.metrics import classification_metrics, intent_slo
 from peft_continual.evaluation.restricted import RestrictedChoice, score_candidates
 from peft_continual.evaluation.slots import IntentSlots, parse_intent_and_slots
 from peft_continual.evaluation.tasks import TaskEvaluation, TaskKind
+from peft_continual.processes import across_processes, is_main_process
 
 
 @dataclass
@@ -181,32 +185,39 @@ def evaluate_tasks(
     references = {
         name: _references(by_name[name], [records[i] for i in idx], prompt_tokenizer) for name, idx in groups.items()
     }
+    progress = progress and is_main_process()  # one set of bars when several processes share the records
     texts: list[str | None] = [None] * len(records)
     if generation:
         limits = {name: by_name[name].max_new_tokens for name in groups}
-        texts = generate_answers(
-            model,
-            prompt_tokenizer,
+        texts = across_processes(
+            lambda share: generate_answers(
+                model,
+                prompt_tokenizer,
+                share,
+                max_new_tokens=limits,
+                batch_size=batch_size,
+                pass_virtual_tokens=pass_virtual_tokens,
+                generation_kwargs=generation_kwargs,
+                progress=progress,
+            ),
             records,
-            max_new_tokens=limits,
-            batch_size=batch_size,
-            pass_virtual_tokens=pass_virtual_tokens,
-            generation_kwargs=generation_kwargs,
-            progress=progress,
         )
     choices: list[RestrictedChoice | None] = [None] * len(records)
     candidates = {name: by_name[name].candidates() for name in groups}
     candidates = {name: c for name, c in candidates.items() if c is not None}
     if restricted and candidates:
         scored = [i for i, record in enumerate(records) if record.taskname in candidates]
-        found = score_candidates(
-            model,
-            prompt_tokenizer,
+        found = across_processes(
+            lambda share: score_candidates(
+                model,
+                prompt_tokenizer,
+                share,
+                candidates,
+                batch_size=scoring_batch_size,
+                pass_virtual_tokens=pass_virtual_tokens,
+                progress=progress,
+            ),
             [records[i] for i in scored],
-            candidates,
-            batch_size=scoring_batch_size,
-            pass_virtual_tokens=pass_virtual_tokens,
-            progress=progress,
         )
         for i, choice in zip(scored, found, strict=True):
             choices[i] = choice

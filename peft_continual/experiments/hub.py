@@ -11,7 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from peft_continual.processes import main_process_only
 
+
+@main_process_only
 def push_table(folder: str | Path, training: Any, commit_message: str) -> str:
     """Upload ``folder`` to the Hub repository the training arguments name; return the commit's URL."""
     from peft_continual.tuners.continual_prompt._peft_compat_hub import upload_table_folder

@@ -19,6 +19,7 @@ from peft_continual._io import write_atomic
 from peft_continual.data.records import TaskRecord
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.evaluation.tasks import TaskKind
+from peft_continual.processes import main_process_only
 
 
 @dataclass
@@ -124,6 +125,7 @@ def per_class_table(rows: Sequence[ResultRow]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+@main_process_only
 def write_results(
     output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[str, Any], title: str, summary: str = ""
 ) -> None:
@@ -138,6 +140,12 @@ def write_results(
     write_atomic(output_dir / "results.md", f"# {title}\n\n{table}{classes}\n\n{notes}\n")
 
 
+@main_process_only
+def show_results(output_dir: Path) -> None:
+    """Print ``results.md``: a recipe's result table, at the end of its run (once, by the main process)."""
+    print((Path(output_dir) / "results.md").read_text(encoding="utf-8"), flush=True)
+
+
 def evaluation_key(records: Sequence[TaskRecord], *inputs: Any) -> str:
     """sha256 of an evaluation's records (tasks and fields, not where they were read) and other inputs (table row
     hashes, template texts): rows saved by ``save_rows`` are read back only under the very same key."""
@@ -145,6 +153,7 @@ def evaluation_key(records: Sequence[TaskRecord], *inputs: Any) -> str:
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
+@main_process_only
 def save_rows(path: Path, key: str, rows: Sequence[ResultRow]) -> None:
     """Save result rows with the ``evaluation_key`` of what they were measured on (atomically)."""
     write_atomic(path, json.dumps({"evaluation_key": key, "rows": [asdict(row) for row in rows]}, indent=2) + "\n")
@@ -160,6 +169,7 @@ def read_saved_rows(path: Path, key: str) -> list[ResultRow] | None:
     return [ResultRow(**row) for row in saved["rows"]]
 
 
+@main_process_only
 def plot_results(
     output_dir: Path, losses: Mapping[str, Sequence[tuple[int, float]]], rows: Sequence[ResultRow]
 ) -> list[Path]:

@@ -17,12 +17,15 @@ from typing import Any
 
 from peft_continual._io import write_atomic
 from peft_continual.errors import ConfigError
+from peft_continual.processes import main_process_only
 
 SETTINGS_FILE = "run_settings.json"
 
 
+@main_process_only
 def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> None:
-    """Record ``settings`` in ``output_dir``, or, if it holds a run already, check they are the same.
+    """Record ``settings`` in ``output_dir``, or, if it holds a run already, check they are the same (under several
+    processes, the main process does both).
 
     Args:
         output_dir: The run's output folder (created if missing).

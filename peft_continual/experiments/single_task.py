@@ -22,7 +22,7 @@ from torch import nn
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
-from peft_continual.experiments.results import ResultRow, result_row, write_results
+from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
 from peft_continual.experiments.run_settings import check_run_settings
 from peft_continual.experiments.task_files import (
     DATA_DIR_VARIABLE,
@@ -33,6 +33,7 @@ from peft_continual.experiments.task_files import (
 )
 from peft_continual.machine import machine_facts
 from peft_continual.models import load_base_model
+from peft_continual.processes import main_process_only
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -272,10 +273,10 @@ def finish(
     """Step 8 of every recipe: save what was trained (``trained``: model and tokenizer, into ``output_dir/final``
     unless ``--save_model false``) and write ``results.json``/``results.md`` of the run into ``output_dir``: the
     task's row (accuracy, restricted, per class, parameter counts, seed), the command, the machine, the precision
-    and the minutes; the table is printed too."""
+    and the minutes; the table is printed too. Under several processes the main process saves and writes; every
+    process returns the row."""
     if trained is not None and args.save_model:
-        for part in trained:
-            part.save_pretrained(Path(training.output_dir) / "final")
+        save_trained(trained, Path(training.output_dir) / "final")
     row = result_row(technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base)
     row.seed = training.seed
     extra = {
@@ -285,5 +286,12 @@ def finish(
         "minutes": round((time.time() - started) / 60, 1),
     }
     write_results(Path(training.output_dir), [row], extra, f"{technique} on {result.taskname}")
-    print((Path(training.output_dir) / "results.md").read_text())  # the result table, at the end of the run
+    show_results(training.output_dir)
     return [row]
+
+
+@main_process_only
+def save_trained(parts: tuple[nn.Module, Any], folder: Path) -> None:
+    """``save_pretrained`` of each part (model or adapter, tokenizer) into ``folder``."""
+    for part in parts:
+        part.save_pretrained(folder)

@@ -18,6 +18,7 @@ Tiny models: bitsandbytes' CPU 4-bit kernels need layers at least 64 wide (its b
 from __future__ import annotations
 
 import importlib.util
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,15 @@ class QuantizationArguments:
         )
 
 
+def this_process_device() -> torch.device | int:
+    """Where this process's copy of a quantized model goes: its own GPU under ``accelerate launch``/``torchrun``
+    (``LOCAL_RANK``; bitsandbytes layers cannot be moved after loading, so DDP needs each copy placed where its
+    process trains), the GPU alone, or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+
+
 def load_quantized_model(
     name_or_path: str, arguments: QuantizationArguments | None = None, training: bool = True, **kwargs: Any
 ) -> Any:
@@ -105,7 +115,7 @@ def load_quantized_model(
     from transformers import AutoModelForCausalLM
 
     arguments = arguments or QuantizationArguments()
-    kwargs.setdefault("device_map", {"": "cuda" if torch.cuda.is_available() else "cpu"})
+    kwargs.setdefault("device_map", {"": this_process_device()})
     model = AutoModelForCausalLM.from_pretrained(name_or_path, quantization_config=arguments.bnb_config(), **kwargs)
     if training:
         with warnings.catch_warnings():  # PEFT 0.21 calls the deprecated name; nothing a user can change
