@@ -195,7 +195,9 @@ class ContinualTrainer(Trainer):
         self.task_length_sampler = TaskMixedLengthSampler(
             lengths,
             tasknames,
-            self.args.train_batch_size,  # padding is per micro-batch
+            # one step's rows of every process: the order is then the same for 1 process at batch B and N at B/N
+            # (accelerate gives process i the i-th slice of each step's rows), so a run resumes in another count
+            self.args.train_batch_size * self.args.world_size,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
         return self.task_length_sampler

@@ -43,7 +43,7 @@ from peft_continual.data.templates import TaskTemplate
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation import ValidationAccuracy
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.run_settings import check_run_settings, training_settings
 from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, default_data_dir, load_split, load_task_specs
 from peft_continual.machine import machine_facts
 from peft_continual.models import load_base_model
@@ -55,10 +55,6 @@ TRAINING_SETTINGS = (
     "seed", "learning_rate", "lr_scheduler_type", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",
     "per_device_train_batch_size", "gradient_accumulation_steps", "eval_steps",
 )  # fmt: skip
-
-
-def training_settings(training: ContinualTrainingArguments) -> dict[str, Any]:
-    return {name: getattr(training, name, None) for name in TRAINING_SETTINGS}
 
 
 @dataclass
@@ -222,7 +218,9 @@ def main(args: SearchArguments, training: ContinualTrainingArguments) -> dict[st
     kept = {
         name: value for name, value in asdict(args).items() if name not in ("n_trials", "data_dir", "eval_batch_size")
     }
-    check_run_settings(output_dir, {"task": asdict(spec), **kept, **training_settings(training)})  # more trials: fine
+    check_run_settings(
+        output_dir, {"task": asdict(spec), **kept, **training_settings(training, TRAINING_SETTINGS)}
+    )  # more trials: fine
     train = load_split(spec, args.data_dir, "train", spec.train_records, training.seed)
     valid = load_split(spec, args.data_dir, "validation", args.validation_records, training.seed)
 

@@ -29,7 +29,8 @@ class TaskMixedLengthSampler(Sampler[int]):
     Args:
         lengths: tokens per row (``len(input_ids)``).
         tasknames: task of each row.
-        batch_size: rows per micro-batch (``Trainer``'s ``train_batch_size``: padding is per micro-batch).
+        batch_size: rows of one step (``ContinualTrainer`` gives ``train_batch_size`` x processes: each process
+            pads its own slice of a step's rows, all of similar length).
         chunk_batches: batches per sorted chunk; more removes more padding and makes the order less random.
         seed: base seed of the permutation.
 

@@ -30,6 +30,7 @@ from peft_continual.experiments.results import (
     result_row,
     write_results,
 )
+from peft_continual.experiments.run_settings import training_settings
 from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, TaskSpec, default_data_dir, load_split
 from peft_continual.machine import machine_facts
 from peft_continual.model_card import write_table_card
@@ -118,7 +119,7 @@ def run_settings(specs: Sequence[TaskSpec], arguments: ContinualArguments, train
     return {
         "tasks": {spec.taskname: asdict(spec) for spec in specs},
         **{name: value for name, value in asdict(arguments).items() if name not in left_out},
-        **{name: getattr(training, name, None) for name in TRAINING_SETTINGS},
+        **training_settings(training, TRAINING_SETTINGS),
     }
 
 

@@ -11,7 +11,7 @@ compares them on every later one.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,17 @@ def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> N
             f"{output_dir} holds a run made with other settings, so its checkpoints and tables do not fit this one:\n"
             f"{listed}\nUse a new --output_dir, or delete {output_dir} to start over."
         )
+
+
+def training_settings(training: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The training arguments ``names`` as a run's settings. ``per_device_train_batch_size`` is recorded as the rows
+    of one step of all the processes (``train_batch_size_all_processes``), so a run started in N processes at batch
+    B/N resumes in one process at batch B: the same rows make each step (``ContinualTrainer``'s sampler orders
+    them so)."""
+    settings = {name: getattr(training, name, None) for name in names if name != "per_device_train_batch_size"}
+    if "per_device_train_batch_size" in names:
+        settings["train_batch_size_all_processes"] = training.per_device_train_batch_size * training.world_size
+    return settings
 
 
 def differences(saved: Any, current: Any, key: str = "") -> list[str]:

@@ -23,7 +23,7 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
-from peft_continual.experiments.run_settings import check_run_settings
+from peft_continual.experiments.run_settings import check_run_settings, training_settings
 from peft_continual.experiments.task_files import (
     DATA_DIR_VARIABLE,
     TaskSpec,
@@ -239,7 +239,7 @@ def _run_settings(recipe_file: str, training: Any, args: SingleTaskArguments, *m
                                 if args.taskname in specs else None}  # fmt: skip
     for arguments in (args, *more):
         settings |= {k: v for k, v in asdict(arguments).items() if k not in ("data_dir", "eval_batch_size", "tasks")}
-    return settings | {name: getattr(training, name, None) for name in TRAINING_SETTINGS}
+    return settings | training_settings(training, TRAINING_SETTINGS)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,10 +17,21 @@ ROOT = SCRIPT.parents[2]
 
 
 def run(command, output_dir):
+    """Run ``command``; the table it saved in ``output_dir`` (None when it stopped before saving one)."""
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return load_file(output_dir / "table" / "adapter_model.safetensors")
+    table = output_dir / "table" / "adapter_model.safetensors"
+    return load_file(table) if table.exists() else None
+
+
+def in_processes(count, *arguments):
+    """The command that runs ``train_tiny.py`` with ``arguments`` in ``count`` processes (accelerate launch)."""
+    if count == 1:
+        return [sys.executable, str(SCRIPT), *map(str, arguments)]
+    launcher = [part.replace("{port}", str(free_port())) for part in LAUNCHERS["accelerate"]]
+    launcher[launcher.index("--num_processes") + 1] = str(count)
+    return [sys.executable, *launcher, str(SCRIPT), *map(str, arguments)]
 
 
 def free_port():
@@ -62,3 +73,22 @@ def test_two_processes_at_half_the_batch_give_the_table_of_one_process(tmp_path,
         "table/adapter_config.json",
         "table/adapter_model.safetensors",
     ]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_a_run_stopped_in_some_processes_resumes_in_another_count_and_ends_with_the_same_table(tmp_path, first, then):
+    """The global batch stays 4 (4 per process alone, 2 each in two): a run checkpointed at step 2 in ``first``
+    processes and resumed in ``then`` ends with the table of a run that was never stopped."""
+    straight = run(in_processes(1, tmp_path / "straight", 4), tmp_path / "straight")
+    resumed = tmp_path / "resumed"
+    assert run(in_processes(first, resumed, 4 // first, 2), resumed) is None  # stopped after step 2
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["checkpoint-2"]
+    first_half = resumed / "checkpoints" / "checkpoint-2" / "optimizer.pt"
+    saved_at = first_half.stat().st_mtime_ns
+    table = run(in_processes(then, resumed, 4 // then), resumed)
+    assert first_half.stat().st_mtime_ns == saved_at  # resumed from step 2, not trained again from step 0
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert table.keys() == straight.keys()
+    for key in straight:
+        torch.testing.assert_close(table[key], straight[key], rtol=1e-4, atol=1e-5, msg=key)

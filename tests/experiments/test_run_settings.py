@@ -35,3 +35,18 @@ def test_other_settings_are_refused_with_every_difference_named(tmp_path):
 
 def test_differences_of_equal_nested_values_are_empty():
     assert differences({"a": {"b": [1, 2]}}, {"a": {"b": [1, 2]}}) == []
+
+
+def test_a_step_of_the_same_rows_in_another_process_count_is_the_same_run(tmp_path):
+    from types import SimpleNamespace
+
+    from peft_continual.experiments.run_settings import training_settings
+
+    names = ("learning_rate", "per_device_train_batch_size")
+    two_processes = SimpleNamespace(learning_rate=0.01, per_device_train_batch_size=4, world_size=2)
+    check_run_settings(tmp_path, training_settings(two_processes, names))
+    one_process = SimpleNamespace(learning_rate=0.01, per_device_train_batch_size=8, world_size=1)
+    check_run_settings(tmp_path, training_settings(one_process, names))  # resumes: 8 rows a step in both
+    one_process_at_half = SimpleNamespace(learning_rate=0.01, per_device_train_batch_size=4, world_size=1)
+    with pytest.raises(ConfigError, match="train_batch_size_all_processes: 8 then, 4 now"):
+        check_run_settings(tmp_path, training_settings(one_process_at_half, names))
