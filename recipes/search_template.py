@@ -26,6 +26,7 @@ trials table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 import yaml
 from peft import get_peft_model
 from transformers import TrainerCallback, set_seed
@@ -47,6 +49,7 @@ from peft_continual.experiments.run_settings import check_run_settings, training
 from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, default_data_dir, load_split, load_task_specs
 from peft_continual.machine import machine_facts
 from peft_continual.models import load_base_model
+from peft_continual.processes import distributed, is_main_process, main_process_only
 from peft_continual.training import ContinualTrainingArguments, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,9 +227,10 @@ def main(args: SearchArguments, training: ContinualTrainingArguments) -> dict[st
     train = load_split(spec, args.data_dir, "train", spec.train_records, training.seed)
     valid = load_split(spec, args.data_dir, "validation", args.validation_records, training.seed)
 
-    # 2 the study: trial 0 is the hand-written template at the configured learning rate.
-    study = open_study(output_dir, args, training)
-    if not study.trials:
+    # 2 the study: trial 0 is the hand-written template at the configured learning rate. The main process keeps it;
+    # under several processes the others train the same trials with it.
+    study = open_study(output_dir, args, training) if is_main_process() else None
+    if study is not None and not study.trials:
         own = spec.template
         first = {"template": own.prompt_template, "total_virtual_tokens": own.total_virtual_tokens}
         if marker_count(own.prompt_template) == 2:
@@ -281,11 +285,38 @@ def main(args: SearchArguments, training: ContinualTrainingArguments) -> dict[st
             raise ConfigError("a trial ended without an evaluation: set eval_strategy: steps and eval_steps")
         return scores[-1]
 
-    missing = max(args.n_trials - finished(study), 0)
-    if missing:
-        study.optimize(objective, n_trials=missing, catch=())
-
+    run_trials(study, objective, args.n_trials)
     # 6 the best template into a task file, and every trial in a table
+    return write_search_results(study, args, spec, training)
+
+
+def run_trials(study: optuna.Study | None, objective: Any, n_trials: int) -> None:
+    """Run the trials the study still misses (a rerun runs only those). Under several processes the main process
+    holds the study (``study``; ``None`` in the others) and every process trains each trial: the trial's choices
+    and Optuna's pruning decisions reach the others through optuna-integration's ``TorchDistributedTrial``."""
+    missing = [max(n_trials - finished(study), 0) if study is not None else 0]
+    if not distributed():
+        if missing[0]:
+            study.optimize(objective, n_trials=missing[0], catch=())
+        return
+    from optuna_integration import TorchDistributedTrial
+
+    torch.distributed.broadcast_object_list(missing, src=0)
+    if study is not None:
+        if missing[0]:
+            study.optimize(lambda trial: objective(TorchDistributedTrial(trial)), n_trials=missing[0], catch=())
+        return
+    for _ in range(missing[0]):
+        with contextlib.suppress(optuna.TrialPruned):  # the main process records it
+            objective(TorchDistributedTrial(None))
+
+
+@main_process_only
+def write_search_results(
+    study: optuna.Study, args: SearchArguments, spec: Any, training: ContinualTrainingArguments
+) -> dict[str, Any]:
+    """``best_tasks.yaml``, ``best_trial.json`` and ``trials.md`` (printed); returns the best trial's summary."""
+    output_dir = Path(training.output_dir)
     best = study.best_trial
     template = candidate_template(
         spec.template,

@@ -15,6 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import optuna
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +138,25 @@ def test_the_continual_recipe_runs_both_rounds_in_two_processes_and_the_main_one
     for number in (1, 2):
         assert (output_dir / f"round_{number}" / "table" / "adapter_model.safetensors").is_file()
         assert_data_parallel(output_dir / f"round_{number}" / "checkpoints" / "checkpoint-2")
+
+
+@pytest.mark.integration
+def test_the_template_search_runs_its_trials_in_two_processes_and_the_main_one_writes(
+    tmp_path, tiny_model_dir, shared_data
+):
+    """The main process holds the Optuna study; both processes train every trial with the same choices."""
+    output_dir = tmp_path / "out"
+    flags = ["--config", str(CONFIGS / "search_template" / "sentiment.yaml")]
+    flags += common_flags(tmp_path, tiny_model_dir, shared_data, output_dir)
+    flags += ["--taskname", "sentiment", "--n_trials", "3", "--trial_max_steps", "2", "--eval_steps", "1",
+              "--validation_records", "3", "--per_device_train_batch_size", "2", "--total_virtual_tokens", "2", "6",
+              "--encoder_type", "mlp", "--pruning_warmup_steps", "5"]  # fmt: skip
+    writers, stdout = launch(tmp_path, "search_template", *flags)
+    assert_only_the_main_process_wrote(writers)
+    best = json.loads((output_dir / "best_trial.json").read_text())
+    assert best["trials"] == 3 and stdout.count("# Template search on sentiment") == 1
+    # every trial ran to its end, evaluated at steps 1 and 2 (the second process followed each one: a process that
+    # left a collective call unanswered would have hung the run)
+    study = optuna.load_study(study_name="sentiment", storage=f"sqlite:///{output_dir / 'study.db'}")
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert all(sorted(trial.intermediate_values) == [1, 2] for trial in study.trials)
