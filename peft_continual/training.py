@@ -124,7 +124,11 @@ class ContinualTrainingArguments(TrainingArguments):
             # or torchrun on a machine without a GPU it would see no distributed setup (each process training alone
             # on all the data) where use_cpu gives DDP over gloo.
             self.use_cpu = True
-            self.dataloader_pin_memory = False  # pinned memory only speeds up copies to a GPU (torch warns on CPU)
+            self.dataloader_pin_memory = False
+            for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+                if os.environ.get(variable, "").lower() in ("1", "true"):
+                    logger.warning(f"{name} runs on GPUs only (accelerate); on this CPU the processes train with DDP, "
+                                   "each holding the whole model")  # fmt: skip  # pinned memory only speeds up copies to a GPU (torch warns on CPU)
         _log_once(str(self.precision_choice))
         super().__post_init__()
 

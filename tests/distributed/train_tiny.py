@@ -36,6 +36,16 @@ TEMPLATES = [
 ]
 
 
+def training_rows(tokenizer) -> list:
+    """32 tokenized rows; the tasks alternate, so each process's half of a batch holds both; answers of 1-4 tokens."""
+    rows = []
+    labels = ["positive", "very negative indeed", "neutral", "mixed"]
+    for i in range(16):
+        rows.append({"taskname": "sentiment", "sentence": f"Sales rose {i}% in Q{i % 4}", "label": labels[i % 4]})
+        rows.append({"taskname": "intent", "utterance": f"wake me at {i} am", "label": "alarm_set" * (1 + i % 3)})
+    return PromptTokenizer(tokenizer, TEMPLATES).tokenize_records(records_from_dicts(rows)).examples
+
+
 class StopAfter(TrainerCallback):
     """Ends training after ``step`` (its checkpoint saved): an interrupted run."""
 
@@ -52,12 +62,7 @@ def main(output_dir: Path, per_device_batch: int, stop_after: int | None = None)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(SMOLLM2_TOKENIZER_DIR)
-    rows = []
-    labels = ["positive", "very negative indeed", "neutral", "mixed"]
-    for i in range(16):  # the tasks alternate, so each process's half of a batch holds both; answers of 1-4 tokens
-        rows.append({"taskname": "sentiment", "sentence": f"Sales rose {i}% in Q{i % 4}", "label": labels[i % 4]})
-        rows.append({"taskname": "intent", "utterance": f"wake me at {i} am", "label": "alarm_set" * (1 + i % 3)})
-    examples = PromptTokenizer(tokenizer, TEMPLATES).tokenize_records(records_from_dicts(rows)).examples
+    examples = training_rows(tokenizer)
     config = ContinualPromptConfig(templates=TEMPLATES, encoder_type="mlp").tokenize_tasknames(tokenizer)
     torch.manual_seed(0)  # the encoder's initialisation: the same in every process
     model = get_peft_model(build_tiny_model("llama"), config)
