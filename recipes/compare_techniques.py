@@ -10,6 +10,10 @@ records, the base model and the training budget are therefore the same for all, 
 learning rate and settings from its config. Each run goes into ``<output_dir>/<technique>/seed_<seed>``; a run that
 finished before is read back (its settings must match), an interrupted one resumes from its last checkpoint, so
 techniques and seeds can be added to a comparison later. Recipes that train nothing run with the first seed only.
+
+``--folds K`` compares by k-fold cross-validation instead (NeMo's protocol; one seed): each run trains on K-1 folds
+of the task's training records and is evaluated on the held-out one, for every fold (``<technique>/fold_<i>``;
+stratified by label, ``peft_continual.experiments.folds``), and the table gives the mean ± std over the folds.
 """
 
 from __future__ import annotations
@@ -46,37 +50,58 @@ class ComparisonArguments:
                   "the same for all (--records_seed). A ranking needs 3 or more."},
     )  # fmt: skip
     output_dir: str = field(default="outputs/compare_techniques", metadata={"help": "Where every run's folder goes."})
+    folds: int | None = field(
+        default=None,
+        metadata={"help": "k-fold cross-validation on the training records (one seed): every run once per fold, "
+                  "mean ± std over the folds; None: evaluate on the test split, over --seeds."},
+    )  # fmt: skip
 
 
 def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRow]:
     output_dir, started = Path(comparison.output_dir), time.time()
+    if comparison.folds is not None and len(comparison.seeds) != 1:
+        raise ConfigError(f"--folds: cross-validation runs one seed (the spread is over the folds), got --seeds "
+                          f"{comparison.seeds}")  # fmt: skip
     rows: list[ResultRow] = []
     for config in comparison.runs:
         recipe_file, technique = recipe_of(config)
         recipe = runpy.run_path(str(recipe_file))
-        # a recipe that trains nothing runs once and gets no training flags (it would refuse them)
+        # a recipe that trains nothing runs once (per fold) and gets no training flags (it would refuse them)
         given = passed_on if recipe["TRAINS"] else without_flags(passed_on, TRAINING_SETTINGS)
-        for seed in comparison.seeds if recipe["TRAINS"] else comparison.seeds[:1]:
-            run_dir = output_dir / technique.replace("+", "_") / f"seed_{seed}"
-            flags = ["--config", config, *given, "--seed", str(seed), "--output_dir", str(run_dir)]
+        for seed, fold in runs_of(comparison, recipe["TRAINS"]):
+            run = f"fold_{fold}" if fold is not None else f"seed_{seed}"
+            flags = ["--config", config, *given, "--seed", str(seed), "--output_dir",
+                     str(output_dir / technique.replace("+", "_") / run)]  # fmt: skip
+            flags += [] if fold is None else ["--folds", str(comparison.folds), "--fold", str(fold)]
             arguments = parse_config_and_flags(recipe["ARGUMENTS"], flags)
             rows += finished_run(str(recipe_file), arguments[-1], *arguments[:-1]) or recipe["main"](*arguments)
 
-    # the table: mean ± std per technique over its seeds, then every run
-    summaries = summarize_over_seeds(rows)
+    # the table: mean ± std per technique over its seeds (or folds), then every run
+    over = "seed" if comparison.folds is None else "fold"
+    summaries = summarize_over_seeds(rows, over=over)
     extra = {
         "command": " ".join(["python", *sys.argv]),
         "runs": comparison.runs,
         "passed_on": " ".join(passed_on),
         "seeds": comparison.seeds,
-        "over_seeds": [summary.to_dict() for summary in summaries],
+        "folds": comparison.folds,
+        f"over_{over}s": [summary.to_dict() for summary in summaries],
         "machine": machine_facts(),
         "minutes": round((time.time() - started) / 60, 1),
     }
-    summary = f"Mean ± sample standard deviation over seeds {comparison.seeds}:\n\n{seed_table(summaries)}"
+    spread = f"seeds {comparison.seeds}" if comparison.folds is None else f"{comparison.folds} folds"
+    summary = f"Mean ± sample standard deviation over {spread}:\n\n{seed_table(summaries)}"
     write_results(output_dir, rows, extra, f"Techniques compared on {rows[0].task}", summary=summary)
     show_results(output_dir)
     return rows
+
+
+def runs_of(comparison: ComparisonArguments, trains: bool) -> list[tuple[int, int | None]]:
+    """``(seed, fold)`` of each run of one technique: every fold with the one seed, else every seed (the first only
+    for a recipe that trains nothing)."""
+    if comparison.folds is not None:
+        return [(comparison.seeds[0], fold) for fold in range(comparison.folds)]
+    return [(seed, None) for seed in (comparison.seeds if trains else comparison.seeds[:1])]
 
 
 def recipe_of(config: str) -> tuple[Path, str]:

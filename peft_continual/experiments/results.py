@@ -44,6 +44,11 @@ class ResultRow:
     carried_from: str | None = None
     """The stage whose evaluation this row repeats (a frozen task whose answers on a sample were rechecked and found
     equal, ``peft_continual.experiments.frozen_recheck``); ``None``: measured at this stage."""
+    macro_f1: float | None = None
+    """Classification: macro-F1 of the generated answers (classes present in gold or predictions)."""
+    fold: int | None = None
+    """The held-out fold this row was evaluated on, where one result of a k-fold cross-validation
+    (``peft_continual.experiments.folds``)."""
 
     @property
     def stored_percent(self) -> float | None:
@@ -71,6 +76,7 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
     """Pick the headline metrics of one task's ``TaskResult``."""
     generation = result.metrics.get("generation", {})
     restricted = result.metrics.get("restricted", {})
+    macro_f1 = generation.get("macro_f1") if result.kind is TaskKind.CLASSIFICATION else None
     if result.kind is TaskKind.CLASSIFICATION:
         main, slot_f1, outside = generation.get("accuracy"), None, generation.get("num_outside_label_set")
     else:
@@ -86,7 +92,16 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
             for label, gold in generation["gold_per_class"].items()
         }  # fmt: skip
     return ResultRow(
-        result.taskname, stage, main, restricted_main, slot_f1, outside, examples, **counts, per_class=per_class
+        result.taskname,
+        stage,
+        main,
+        restricted_main,
+        slot_f1,
+        outside,
+        examples,
+        **counts,
+        per_class=per_class,
+        macro_f1=macro_f1,
     )
 
 
@@ -95,16 +110,19 @@ def _percent(value: float | None) -> str:
 
 
 def markdown_table(rows: Sequence[ResultRow]) -> str:
-    """A Markdown table of the rows (accuracies in %); a seed column when some row has a seed."""
+    """A Markdown table of the rows (accuracies in %); a seed column when some row has a seed, a fold column when
+    some row has a fold."""
     seeded = any(row.seed is not None for row in rows)
+    folded = any(row.fold is not None for row in rows)
     lines = [
-        f"| task | stage |{' seed |' if seeded else ''} generation acc. % | restricted acc. % | slot F1 % "
-        "| outside label set | n | trainable params | stored params | % of base |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeded else ""),
+        f"| task | stage |{' seed |' if seeded else ''}{' fold |' if folded else ''} generation acc. % "
+        "| restricted acc. % | slot F1 % | outside label set | n | trainable params | stored params | % of base |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeded else "") + ("---|" if folded else ""),
     ]
     for row in rows:
         stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
         seed = f" {'-' if row.seed is None else row.seed} |" if seeded else ""
+        seed += f" {'-' if row.fold is None else row.fold} |" if folded else ""
         lines.append(
             f"| {row.task} | {row.stage}{f' (= {row.carried_from})' if row.carried_from else ''} |{seed} {_percent(row.generation)} | {_percent(row.restricted)} "
             f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "

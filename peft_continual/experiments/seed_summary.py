@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from peft_continual.experiments.results import ResultRow
 
@@ -26,13 +26,17 @@ def _std(values: Sequence[float]) -> float | None:
 
 @dataclass
 class SeedSummary:
-    """One (task, stage) over its seeds: the per-seed accuracies, in seed order, and their statistics."""
+    """One (task, stage) over its runs: the per-run accuracies and macro-F1, in run order, and their statistics.
+    The runs differ in their training seed (``over="seed"``) or in their held-out fold (``over="fold"``)."""
 
     task: str
     stage: str
     seeds: list[int | None]
+    """Each run's seed, or its fold (``over``)."""
     generation: list[float]
     restricted: list[float]
+    macro_f1: list[float] = field(default_factory=list)
+    over: str = "seed"
 
     @property
     def generation_mean(self) -> float | None:
@@ -50,23 +54,31 @@ class SeedSummary:
     def restricted_std(self) -> float | None:
         return _std(self.restricted)
 
+    @property
+    def macro_f1_mean(self) -> float | None:
+        return _mean(self.macro_f1)
+
+    @property
+    def macro_f1_std(self) -> float | None:
+        return _std(self.macro_f1)
+
     def to_dict(self) -> dict:
-        statistics_ = {
-            name: getattr(self, name)
-            for name in ("generation_mean", "generation_std", "restricted_mean", "restricted_std")
-        }
+        names = ("generation_mean", "generation_std", "restricted_mean", "restricted_std", "macro_f1_mean",
+                 "macro_f1_std")  # fmt: skip
         return {
             "task": self.task,
             "stage": self.stage,
-            "seeds": self.seeds,
+            f"{self.over}s": self.seeds,
             "generation": self.generation,
             "restricted": self.restricted,
-            **statistics_,
+            "macro_f1": self.macro_f1,
+            **{name: getattr(self, name) for name in names},
         }
 
 
-def summarize_over_seeds(rows: Sequence[ResultRow]) -> list[SeedSummary]:
-    """Group rows by (task, stage), in first-seen order; rows with the same seed twice are kept as given.
+def summarize_over_seeds(rows: Sequence[ResultRow], over: str = "seed") -> list[SeedSummary]:
+    """Group rows by (task, stage), in first-seen order; rows with the same seed twice are kept as given. ``over``:
+    the row field that tells the runs apart, ``seed`` or ``fold`` (k-fold cross-validation).
 
     Examples:
         >>> rows = [ResultRow("s", "lora", 0.90, 0.92, None, 0, 10, seed=0),
@@ -77,12 +89,12 @@ def summarize_over_seeds(rows: Sequence[ResultRow]) -> list[SeedSummary]:
     """
     groups: dict[tuple[str, str], SeedSummary] = {}
     for row in rows:
-        summary = groups.setdefault((row.task, row.stage), SeedSummary(row.task, row.stage, [], [], []))
-        summary.seeds.append(row.seed)
-        if row.generation is not None:
-            summary.generation.append(row.generation)
-        if row.restricted is not None:
-            summary.restricted.append(row.restricted)
+        summary = groups.setdefault((row.task, row.stage), SeedSummary(row.task, row.stage, [], [], [], [], over))
+        summary.seeds.append(getattr(row, over))
+        for values, value in ((summary.generation, row.generation), (summary.restricted, row.restricted),
+                              (summary.macro_f1, row.macro_f1)):  # fmt: skip
+            if value is not None:
+                values.append(value)
     return list(groups.values())
 
 
@@ -97,15 +109,19 @@ def _range(values: Sequence[float]) -> str:
 
 
 def seed_table(summaries: Sequence[SeedSummary]) -> str:
-    """A Markdown table: per (task, stage), the seeds, mean ± sample std and range of both accuracies (in %)."""
+    """A Markdown table: per (task, stage), the seeds (or folds), mean ± sample std and range of both accuracies and
+    the mean ± std of the generated answers' macro-F1 (in %)."""
+    over = summaries[0].over if summaries else "seed"
     lines = [
-        "| task | stage | seeds | generation acc. % (mean ± std) | range | restricted acc. % (mean ± std) | range |",
-        "|---|---|---|---|---|---|---|",
+        f"| task | stage | {over}s | generation acc. % (mean ± std) | range | restricted acc. % (mean ± std) | range "
+        "| macro-F1 % (mean ± std) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         seeds = ", ".join("-" if seed is None else str(seed) for seed in s.seeds)
         lines.append(
             f"| {s.task} | {s.stage} | {seeds} | {_mean_std(s.generation_mean, s.generation_std)} "
-            f"| {_range(s.generation)} | {_mean_std(s.restricted_mean, s.restricted_std)} | {_range(s.restricted)} |"
+            f"| {_range(s.generation)} | {_mean_std(s.restricted_mean, s.restricted_std)} | {_range(s.restricted)} "
+            f"| {_mean_std(s.macro_f1_mean, s.macro_f1_std)} |"
         )
     return "\n".join(lines)

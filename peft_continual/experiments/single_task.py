@@ -22,6 +22,7 @@ from torch import nn
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
+from peft_continual.experiments.folds import fold_split, stratum
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
 from peft_continual.experiments.run_settings import check_run_settings, training_settings
 from peft_continual.experiments.task_files import (
@@ -71,6 +72,12 @@ class SingleTaskArguments:
     save_model: bool = field(
         default=True, metadata={"help": "Save what was trained (adapter, table or model) into output_dir/final."}
     )
+    folds: int | None = field(
+        default=None,
+        metadata={"help": "k-fold cross-validation: train on the other folds of the task's training records and "
+                  "evaluate on fold --fold (stratified by label, seeded by --records_seed); None: the test split."},
+    )  # fmt: skip
+    fold: int = field(default=0, metadata={"help": "With --folds: the held-out fold, 0 to folds - 1."})
 
 
 @dataclass
@@ -87,13 +94,19 @@ class SingleTask:
 
 
 def load_task(args: SingleTaskArguments) -> SingleTask:
-    """The task named by ``args.taskname`` and its seeded train/test subsets (``records_seed``)."""
+    """The task named by ``args.taskname`` and its seeded train/test subsets (``records_seed``); with ``--folds``,
+    the training records split into the other folds (train) and fold ``--fold`` (test)."""
     specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
     if args.taskname not in specs:
         raise ConfigError(f"task {args.taskname!r} is not in {args.tasks}; tasks there: {allowed(specs)}")
     spec = specs[args.taskname]
     data_dir = args.data_dir or default_data_dir(REPOSITORY)
     train = load_split(spec, data_dir, "train", spec.train_records, args.records_seed)
+    if args.folds is not None:  # the held-out fold of the training records is the test set
+        answers = [stratum(spec.evaluation, record.values_for(spec.template)[spec.template.answer_field])
+                   for record in train]  # fmt: skip
+        train, test = fold_split(train, answers, args.folds, args.fold, args.records_seed)
+        return SingleTask(spec, train, test[: args.max_eval_records])
     test = load_split(spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed)
     return SingleTask(spec, train, test)
 
@@ -278,7 +291,7 @@ def finish(
     if trained is not None and args.save_model:
         save_trained(trained, Path(training.output_dir) / "final")
     row = result_row(technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base)
-    row.seed = training.seed
+    row.seed, row.fold = training.seed, args.fold if args.folds is not None else None
     extra = {
         "command": " ".join(["python", *sys.argv]),
         "precision": str(training.precision_choice),

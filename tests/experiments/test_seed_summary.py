@@ -31,9 +31,21 @@ def test_rows_group_by_task_and_stage_in_order_with_sample_statistics():
 
 def test_the_table_shows_mean_std_and_range_in_percent():
     table = seed_table(summarize_over_seeds([row("lora", 0.90, 0.91, 0), row("lora", 0.94, 0.93, 1)]))
-    assert "| sentiment | lora | 0, 1 | 92.0 ± 2.8 | 90.0-94.0 | 92.0 ± 1.4 | 91.0-93.0 |" in table
+    assert "| sentiment | lora | 0, 1 | 92.0 ± 2.8 | 90.0-94.0 | 92.0 ± 1.4 | 91.0-93.0 | - |" in table
     single = seed_table(summarize_over_seeds([row("zero_shot", 0.5, None, None)]))
-    assert "| sentiment | zero_shot | - | 50.0 | - | - | - |" in single
+    assert "| sentiment | zero_shot | - | 50.0 | - | - | - | - |" in single
+
+
+def test_folds_summarize_like_seeds_with_their_macro_f1():
+    rows = [ResultRow("sentiment", "lora", accuracy, None, None, 0, 20, fold=fold, macro_f1=f1)
+            for fold, (accuracy, f1) in enumerate([(0.9, 0.8), (0.8, 0.6), (1.0, 1.0)])]  # fmt: skip
+    (summary,) = summarize_over_seeds(rows, over="fold")
+    assert summary.seeds == [0, 1, 2] and summary.to_dict()["folds"] == [0, 1, 2]
+    assert summary.macro_f1_mean == pytest.approx(0.8) and summary.macro_f1_std == pytest.approx(0.2)
+    table = seed_table([summary])
+    assert "| task | stage | folds |" in table and "| sentiment | lora | 0, 1, 2 | 90.0 ± 10.0 |" in table
+    assert table.endswith("| 80.0 ± 20.0 |")
+    assert "| fold |" in markdown_table(rows) and "| lora | 1 | 80.0 |" in markdown_table(rows)
 
 
 def test_the_rows_table_gets_a_seed_column_only_when_rows_have_seeds():

@@ -175,3 +175,41 @@ def test_a_run_that_is_not_a_recipe_config_stops_before_any_work(tmp_path):
     )
     with pytest.raises(ConfigError, match="not a recipe config"):
         RECIPE["main"](comparison, passed_on)
+
+
+@pytest.mark.slow
+def test_folds_evaluate_every_technique_on_each_held_out_fold_of_the_training_records(
+    tmp_path, tiny_model_dir, shared_data
+):
+    (tmp_path / "folds.yaml").write_text(TASKS.replace("train_records: 16", "train_records: 45"))
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["zero_shot", "lora"],
+                      "--tasks", str(tmp_path / "folds.yaml"), "--folds", "3", "--max_steps", "1")  # fmt: skip
+    assert [(row.stage, row.fold) for row in rows] == [("zero_shot", f) for f in range(3)] + [
+        ("lora", f) for f in range(3)
+    ]
+    assert [row.examples for row in rows[:3]] == [15, 15, 15]  # the 45 training records, each held out once
+    assert all(row.macro_f1 is not None for row in rows)
+    assert (tmp_path / "out" / "lora" / "fold_2" / "results.json").is_file()
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [summary["folds"] for summary in results["over_folds"]] == [[0, 1, 2], [0, 1, 2]]
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "Mean ± sample standard deviation over 3 folds" in markdown and "| sentiment | lora | 0, 1, 2 |" in markdown
+
+
+def test_folds_take_one_seed(tmp_path):
+    comparison, passed_on = parse_and_pass_on(
+        RECIPE["ARGUMENTS"],
+        [
+            "--runs",
+            str(CONFIGS / "lora" / "smollm2_135m.yaml"),
+            "--folds",
+            "3",
+            "--seeds",
+            "0",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+        ],  # fmt: skip
+    )
+    with pytest.raises(ConfigError, match="one seed"):
+        RECIPE["main"](comparison, passed_on)
