@@ -14,6 +14,11 @@ techniques and seeds can be added to a comparison later. Recipes that train noth
 ``--folds K`` compares by k-fold cross-validation instead (NeMo's protocol; one seed): each run trains on K-1 folds
 of the task's training records and is evaluated on the held-out one, for every fold (``<technique>/fold_<i>``;
 stratified by label, ``peft_continual.experiments.folds``), and the table gives the mean ± std over the folds.
+
+``--train_fractions 1.0 0.1 0.05 0.01`` sweeps the share of training records (stratified; each seed draws its own
+subset, ``peft_continual.experiments.fractions``): every technique at every fraction with every seed
+(``<technique>/fraction_<f>/seed_<seed>``), a table per fraction and ``fraction_sweep.png``, accuracy against the
+fraction with the seeds' standard deviation as error bars, one line per technique.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import yaml
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags, run_recipe, without_flags
 from peft_continual.experiments.results import ResultRow, show_results, write_results
-from peft_continual.experiments.seed_summary import seed_table, summarize_over_seeds
+from peft_continual.experiments.seed_summary import plot_over_fractions, seed_table, summarize_over_seeds
 from peft_continual.experiments.single_task import TRAINING_SETTINGS, finished_run
 from peft_continual.machine import machine_facts
 
@@ -50,6 +55,11 @@ class ComparisonArguments:
                   "the same for all (--records_seed). A ranking needs 3 or more."},
     )  # fmt: skip
     output_dir: str = field(default="outputs/compare_techniques", metadata={"help": "Where every run's folder goes."})
+    train_fractions: list[float] = field(
+        default_factory=list,
+        metadata={"help": "Data-fraction sweep: train every run on each of these shares of the training records, "
+                  "with every seed (each seed draws its own subset); empty: all records."},
+    )  # fmt: skip
     folds: int | None = field(
         default=None,
         metadata={"help": "k-fold cross-validation on the training records (one seed): every run once per fold, "
@@ -59,6 +69,8 @@ class ComparisonArguments:
 
 def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRow]:
     output_dir, started = Path(comparison.output_dir), time.time()
+    if comparison.folds is not None and comparison.train_fractions:
+        raise ConfigError("--folds and --train_fractions: one protocol at a time")
     if comparison.folds is not None and len(comparison.seeds) != 1:
         raise ConfigError(f"--folds: cross-validation runs one seed (the spread is over the folds), got --seeds "
                           f"{comparison.seeds}")  # fmt: skip
@@ -68,11 +80,9 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
         recipe = runpy.run_path(str(recipe_file))
         # a recipe that trains nothing runs once (per fold) and gets no training flags (it would refuse them)
         given = passed_on if recipe["TRAINS"] else without_flags(passed_on, TRAINING_SETTINGS)
-        for seed, fold in runs_of(comparison, recipe["TRAINS"]):
-            run = f"fold_{fold}" if fold is not None else f"seed_{seed}"
-            flags = ["--config", config, *given, "--seed", str(seed), "--output_dir",
+        for run, run_flags in runs_of(comparison, recipe["TRAINS"]):
+            flags = ["--config", config, *given, *run_flags, "--output_dir",
                      str(output_dir / technique.replace("+", "_") / run)]  # fmt: skip
-            flags += [] if fold is None else ["--folds", str(comparison.folds), "--fold", str(fold)]
             arguments = parse_config_and_flags(recipe["ARGUMENTS"], flags)
             rows += finished_run(str(recipe_file), arguments[-1], *arguments[:-1]) or recipe["main"](*arguments)
 
@@ -85,6 +95,7 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
         "passed_on": " ".join(passed_on),
         "seeds": comparison.seeds,
         "folds": comparison.folds,
+        "train_fractions": comparison.train_fractions,
         f"over_{over}s": [summary.to_dict() for summary in summaries],
         "machine": machine_facts(),
         "minutes": round((time.time() - started) / 60, 1),
@@ -92,16 +103,24 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
     spread = f"seeds {comparison.seeds}" if comparison.folds is None else f"{comparison.folds} folds"
     summary = f"Mean ± sample standard deviation over {spread}:\n\n{seed_table(summaries)}"
     write_results(output_dir, rows, extra, f"Techniques compared on {rows[0].task}", summary=summary)
+    if comparison.train_fractions:
+        plot_over_fractions(output_dir / "fraction_sweep.png", summaries)
     show_results(output_dir)
     return rows
 
 
-def runs_of(comparison: ComparisonArguments, trains: bool) -> list[tuple[int, int | None]]:
-    """``(seed, fold)`` of each run of one technique: every fold with the one seed, else every seed (the first only
-    for a recipe that trains nothing)."""
+def runs_of(comparison: ComparisonArguments, trains: bool) -> list[tuple[str, list[str]]]:
+    """``(folder, flags)`` of each run of one technique: every fold with the one seed; else every seed (the first
+    only for a recipe that trains nothing), at every training fraction of a sweep."""
     if comparison.folds is not None:
-        return [(comparison.seeds[0], fold) for fold in range(comparison.folds)]
-    return [(seed, None) for seed in (comparison.seeds if trains else comparison.seeds[:1])]
+        return [(f"fold_{fold}", ["--seed", str(comparison.seeds[0]), "--folds", str(comparison.folds), "--fold",
+                                  str(fold)]) for fold in range(comparison.folds)]  # fmt: skip
+    seeds = comparison.seeds if trains else comparison.seeds[:1]
+    if not comparison.train_fractions:
+        return [(f"seed_{seed}", ["--seed", str(seed)]) for seed in seeds]
+    return [(f"fraction_{fraction:g}/seed_{seed}", ["--seed", str(seed), "--train_fraction", str(fraction),
+                                                     "--fraction_seed", str(seed)])
+            for fraction in comparison.train_fractions for seed in seeds]  # fmt: skip
 
 
 def recipe_of(config: str) -> tuple[Path, str]:

@@ -49,6 +49,9 @@ class ResultRow:
     fold: int | None = None
     """The held-out fold this row was evaluated on, where one result of a k-fold cross-validation
     (``peft_continual.experiments.folds``)."""
+    train_fraction: float | None = None
+    """The share of the training records this row's model was trained on (``peft_continual.experiments.fractions``);
+    ``None``: all."""
 
     @property
     def stored_percent(self) -> float | None:

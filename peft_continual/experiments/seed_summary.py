@@ -11,8 +11,10 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from peft_continual.experiments.results import ResultRow
+from peft_continual.processes import main_process_only
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -37,6 +39,8 @@ class SeedSummary:
     restricted: list[float]
     macro_f1: list[float] = field(default_factory=list)
     over: str = "seed"
+    train_fraction: float | None = None
+    """The share of the training records of every run summarised (a data-fraction sweep); ``None``: all."""
 
     @property
     def generation_mean(self) -> float | None:
@@ -68,6 +72,7 @@ class SeedSummary:
         return {
             "task": self.task,
             "stage": self.stage,
+            "train_fraction": self.train_fraction,
             f"{self.over}s": self.seeds,
             "generation": self.generation,
             "restricted": self.restricted,
@@ -77,8 +82,8 @@ class SeedSummary:
 
 
 def summarize_over_seeds(rows: Sequence[ResultRow], over: str = "seed") -> list[SeedSummary]:
-    """Group rows by (task, stage), in first-seen order; rows with the same seed twice are kept as given. ``over``:
-    the row field that tells the runs apart, ``seed`` or ``fold`` (k-fold cross-validation).
+    """Group rows by (task, stage, training fraction), in first-seen order; rows with the same seed twice are kept as
+    given. ``over``: the row field that tells the runs apart, ``seed`` or ``fold`` (k-fold cross-validation).
 
     Examples:
         >>> rows = [ResultRow("s", "lora", 0.90, 0.92, None, 0, 10, seed=0),
@@ -87,9 +92,10 @@ def summarize_over_seeds(rows: Sequence[ResultRow], over: str = "seed") -> list[
         >>> round(summary.generation_mean, 2), round(summary.generation_std, 4), summary.restricted_std
         (0.92, 0.0283, 0.0)
     """
-    groups: dict[tuple[str, str], SeedSummary] = {}
+    groups: dict[tuple[str, str, float | None], SeedSummary] = {}
     for row in rows:
-        summary = groups.setdefault((row.task, row.stage), SeedSummary(row.task, row.stage, [], [], [], [], over))
+        key = (row.task, row.stage, row.train_fraction)
+        summary = groups.setdefault(key, SeedSummary(row.task, row.stage, [], [], [], [], over, row.train_fraction))
         summary.seeds.append(getattr(row, over))
         for values, value in ((summary.generation, row.generation), (summary.restricted, row.restricted),
                               (summary.macro_f1, row.macro_f1)):  # fmt: skip
@@ -112,16 +118,46 @@ def seed_table(summaries: Sequence[SeedSummary]) -> str:
     """A Markdown table: per (task, stage), the seeds (or folds), mean ± sample std and range of both accuracies and
     the mean ± std of the generated answers' macro-F1 (in %)."""
     over = summaries[0].over if summaries else "seed"
+    swept = any(s.train_fraction is not None for s in summaries)
     lines = [
-        f"| task | stage | {over}s | generation acc. % (mean ± std) | range | restricted acc. % (mean ± std) | range "
-        "| macro-F1 % (mean ± std) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| task | stage |{' train % |' if swept else ''} {over}s | generation acc. % (mean ± std) | range "
+        "| restricted acc. % (mean ± std) | range | macro-F1 % (mean ± std) |",
+        "|---|---|---|---|---|---|---|---|" + ("---|" if swept else ""),
     ]
     for s in summaries:
         seeds = ", ".join("-" if seed is None else str(seed) for seed in s.seeds)
+        share = "" if not swept else f" {'100' if s.train_fraction is None else f'{100 * s.train_fraction:g}'} |"
         lines.append(
-            f"| {s.task} | {s.stage} | {seeds} | {_mean_std(s.generation_mean, s.generation_std)} "
+            f"| {s.task} | {s.stage} |{share} {seeds} | {_mean_std(s.generation_mean, s.generation_std)} "
             f"| {_range(s.generation)} | {_mean_std(s.restricted_mean, s.restricted_std)} | {_range(s.restricted)} "
             f"| {_mean_std(s.macro_f1_mean, s.macro_f1_std)} |"
         )
     return "\n".join(lines)
+
+
+@main_process_only
+def plot_over_fractions(path: Path, summaries: Sequence[SeedSummary]) -> None:
+    """Accuracy (restricted choice where measured, else generation) against the share of training records, one line
+    per technique, the standard deviation over seeds as error bars, the fractions on a log axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for stage in dict.fromkeys(s.stage for s in summaries):
+        points = []
+        for s in summaries:
+            mean, std = (s.restricted_mean, s.restricted_std) if s.restricted else (s.generation_mean, s.generation_std)
+            if s.stage == stage and mean is not None:
+                points.append((1.0 if s.train_fraction is None else s.train_fraction, 100 * mean, 100 * (std or 0)))
+        points.sort()
+        axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                      capsize=3, label=stage)  # fmt: skip
+    axis.set_xscale("log")
+    axis.set(xlabel="share of the training records", ylabel="accuracy % (mean ± std over seeds)", ylim=(0, 100),
+             title=f"Accuracy against training data: {summaries[0].task}" if summaries else "")  # fmt: skip
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

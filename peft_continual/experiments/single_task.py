@@ -23,6 +23,7 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.folds import fold_split, stratum
+from peft_continual.experiments.fractions import stratified_fraction
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
 from peft_continual.experiments.run_settings import check_run_settings, training_settings
 from peft_continual.experiments.task_files import (
@@ -78,6 +79,14 @@ class SingleTaskArguments:
                   "evaluate on fold --fold (stratified by label, seeded by --records_seed); None: the test split."},
     )  # fmt: skip
     fold: int = field(default=0, metadata={"help": "With --folds: the held-out fold, 0 to folds - 1."})
+    train_fraction: float | None = field(
+        default=None,
+        metadata={"help": "Train on this share of the training records, stratified by label (at least one of each); "
+                  "None: all."},
+    )  # fmt: skip
+    fraction_seed: int = field(
+        default=0, metadata={"help": "With --train_fraction: which draw of the records (repeats use other seeds)."}
+    )
 
 
 @dataclass
@@ -95,7 +104,8 @@ class SingleTask:
 
 def load_task(args: SingleTaskArguments) -> SingleTask:
     """The task named by ``args.taskname`` and its seeded train/test subsets (``records_seed``); with ``--folds``,
-    the training records split into the other folds (train) and fold ``--fold`` (test)."""
+    the training records split into the other folds (train) and fold ``--fold`` (test); with ``--train_fraction``,
+    that share of the training records."""
     specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
     if args.taskname not in specs:
         raise ConfigError(f"task {args.taskname!r} is not in {args.tasks}; tasks there: {allowed(specs)}")
@@ -103,12 +113,22 @@ def load_task(args: SingleTaskArguments) -> SingleTask:
     data_dir = args.data_dir or default_data_dir(REPOSITORY)
     train = load_split(spec, data_dir, "train", spec.train_records, args.records_seed)
     if args.folds is not None:  # the held-out fold of the training records is the test set
-        answers = [stratum(spec.evaluation, record.values_for(spec.template)[spec.template.answer_field])
-                   for record in train]  # fmt: skip
-        train, test = fold_split(train, answers, args.folds, args.fold, args.records_seed)
-        return SingleTask(spec, train, test[: args.max_eval_records])
-    test = load_split(spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed)
+        train, test = fold_split(train, strata(spec, train), args.folds, args.fold, args.records_seed)
+        test = test[: args.max_eval_records]
+    else:
+        test = load_split(
+            spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed
+        )
+    if args.train_fraction is not None:
+        train = stratified_fraction(train, strata(spec, train), args.train_fraction, args.fraction_seed)
     return SingleTask(spec, train, test)
+
+
+def strata(spec: TaskSpec, records: list[TaskRecord]) -> list[str]:
+    """Each record's label (an intent-and-slot task's intent): what folds and fractions are stratified by."""
+    return [
+        stratum(spec.evaluation, record.values_for(spec.template)[spec.template.answer_field]) for record in records
+    ]
 
 
 def load_tokenizer(args: SingleTaskArguments) -> Any:
@@ -292,6 +312,7 @@ def finish(
         save_trained(trained, Path(training.output_dir) / "final")
     row = result_row(technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base)
     row.seed, row.fold = training.seed, args.fold if args.folds is not None else None
+    row.train_fraction = args.train_fraction
     extra = {
         "command": " ".join(["python", *sys.argv]),
         "precision": str(training.precision_choice),

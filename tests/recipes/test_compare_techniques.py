@@ -213,3 +213,20 @@ def test_folds_take_one_seed(tmp_path):
     )
     with pytest.raises(ConfigError, match="one seed"):
         RECIPE["main"](comparison, passed_on)
+
+
+@pytest.mark.slow
+def test_a_fraction_sweep_trains_every_technique_on_each_share_with_each_seed(tmp_path, tiny_model_dir, shared_data):
+    (tmp_path / "sweep.yaml").write_text(TASKS.replace("train_records: 16", "train_records: 40"))
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, ["zero_shot", "lora"], "--tasks",
+                      str(tmp_path / "sweep.yaml"), "--train_fractions", "1.0", "0.25", "--seeds", "0", "1",
+                      "--max_steps", "1")  # fmt: skip
+    assert [(row.stage, row.train_fraction, row.seed) for row in rows] == [
+        ("zero_shot", 1.0, 0), ("zero_shot", 0.25, 0),
+        ("lora", 1.0, 0), ("lora", 1.0, 1), ("lora", 0.25, 0), ("lora", 0.25, 1),
+    ]  # fmt: skip
+    assert all(row.examples == 6 for row in rows)  # the same test records at every fraction
+    assert (tmp_path / "out" / "lora" / "fraction_0.25" / "seed_1" / "results.json").is_file()
+    assert (tmp_path / "out" / "fraction_sweep.png").stat().st_size > 0
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "| task | stage | train % | seeds |" in markdown and "| sentiment | lora | 25 | 0, 1 |" in markdown

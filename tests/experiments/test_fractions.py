@@ -1,0 +1,32 @@
+"""A stratified share of a task's training records, drawn per seed."""
+
+from collections import Counter
+
+import pytest
+
+from peft_continual.data.records import TaskRecord
+from peft_continual.errors import ConfigError
+from peft_continual.experiments.fractions import stratified_fraction
+
+LABELS = "a" * 60 + "b" * 30 + "c" * 10
+RECORDS = [TaskRecord("s", {"label": label}, f"r{i}") for i, label in enumerate(LABELS)]
+
+
+def test_each_label_keeps_its_share_and_at_least_one_record():
+    kept = stratified_fraction(RECORDS, LABELS, 0.1, seed=0)
+    assert Counter(r.fields["label"] for r in kept) == {"a": 6, "b": 3, "c": 1}
+    assert [r.source for r in kept] == sorted((r.source for r in kept), key=lambda s: int(s[1:]))  # file order
+    tiny = stratified_fraction(RECORDS, LABELS, 0.01, seed=0)
+    assert Counter(r.fields["label"] for r in tiny) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_another_seed_draws_another_subset_and_all_keeps_everything():
+    assert stratified_fraction(RECORDS, LABELS, 0.1, seed=0) == stratified_fraction(RECORDS, LABELS, 0.1, seed=0)
+    assert stratified_fraction(RECORDS, LABELS, 0.1, seed=0) != stratified_fraction(RECORDS, LABELS, 0.1, seed=1)
+    assert stratified_fraction(RECORDS, LABELS, 1.0, seed=3) == RECORDS
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1])
+def test_a_fraction_outside_zero_to_one_is_refused(fraction):
+    with pytest.raises(ConfigError, match="--train_fraction"):
+        stratified_fraction(RECORDS, LABELS, fraction, seed=0)
