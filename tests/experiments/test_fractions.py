@@ -30,3 +30,9 @@ def test_another_seed_draws_another_subset_and_all_keeps_everything():
 def test_a_fraction_outside_zero_to_one_is_refused(fraction):
     with pytest.raises(ConfigError, match="--train_fraction"):
         stratified_fraction(RECORDS, LABELS, fraction, seed=0)
+
+
+def test_with_one_seed_a_smaller_fraction_lies_inside_a_larger_one():
+    for seed in range(3):
+        shares = [{r.source for r in stratified_fraction(RECORDS, LABELS, f, seed)} for f in (0.05, 0.1, 0.5, 1.0)]
+        assert shares[0] <= shares[1] <= shares[2] <= shares[3]
