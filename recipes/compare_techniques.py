@@ -16,9 +16,15 @@ of the task's training records and is evaluated on the held-out one, for every f
 stratified by label, ``peft_continual.experiments.folds``), and the table gives the mean ± std over the folds.
 
 ``--train_fractions 1.0 0.1 0.05 0.01`` sweeps the share of training records (stratified; each seed draws its own
-subset, ``peft_continual.experiments.fractions``): every technique at every fraction with every seed
+subset, ``peft_continual.experiments.subsets``): every technique at every fraction with every seed
 (``<technique>/fraction_<f>/seed_<seed>``), a table per fraction and ``fraction_sweep.png``, accuracy against the
 fraction with the seeds' standard deviation as error bars, one line per technique.
+
+``--k_shot_splits 16-13 16-21 16-42 16-87 16-100`` is LM-BFF's protocol: every technique trains on each K-shot split
+of the task's data set (``<dataset>/k_shot/<split>/train.jsonl``, K examples per class) with the split's seed,
+chooses its checkpoint on the split's development records (with ``eval_strategy``, ``load_best_model_at_end`` and
+``metric_for_best_model: task_accuracy``; never on the test split) and is evaluated on the full test split; the table
+gives the mean ± std over the splits (``recipes/configs/compare_techniques/lmbff_sst2.yaml``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ class ComparisonArguments:
         metadata={"help": "Data-fraction sweep: train every run on each of these shares of the training records, "
                   "with every seed (each seed draws its own subset); empty: all records."},
     )  # fmt: skip
+    k_shot_splits: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LM-BFF: the K-shot split folders (<dataset>/k_shot/<split>, e.g. 16-13), each run with "
+                  "the seed its name ends with; mean ± std over the splits."},
+    )  # fmt: skip
     folds: int | None = field(
         default=None,
         metadata={"help": "k-fold cross-validation on the training records (one seed): every run once per fold, "
@@ -69,8 +80,10 @@ class ComparisonArguments:
 
 def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRow]:
     output_dir, started = Path(comparison.output_dir), time.time()
-    if comparison.folds is not None and comparison.train_fractions:
-        raise ConfigError("--folds and --train_fractions: one protocol at a time")
+    protocols = [flag for flag, value in (("--folds", comparison.folds), ("--train_fractions", comparison.train_fractions),
+                                          ("--k_shot_splits", comparison.k_shot_splits)) if value]  # fmt: skip
+    if len(protocols) > 1:
+        raise ConfigError(f"{' and '.join(protocols)}: one protocol at a time")
     if comparison.folds is not None and len(comparison.seeds) != 1:
         raise ConfigError(f"--folds: cross-validation runs one seed (the spread is over the folds), got --seeds "
                           f"{comparison.seeds}")  # fmt: skip
@@ -87,7 +100,7 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
             rows += finished_run(str(recipe_file), arguments[-1], *arguments[:-1]) or recipe["main"](*arguments)
 
     # the table: mean ± std per technique over its seeds (or folds), then every run
-    over = "seed" if comparison.folds is None else "fold"
+    over = "fold" if comparison.folds is not None else "k_shot" if comparison.k_shot_splits else "seed"
     summaries = summarize_over_seeds(rows, over=over)
     extra = {
         "command": " ".join(["python", *sys.argv]),
@@ -96,11 +109,13 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
         "seeds": comparison.seeds,
         "folds": comparison.folds,
         "train_fractions": comparison.train_fractions,
+        "k_shot_splits": comparison.k_shot_splits,
         f"over_{over}s": [summary.to_dict() for summary in summaries],
         "machine": machine_facts(),
         "minutes": round((time.time() - started) / 60, 1),
     }
-    spread = f"seeds {comparison.seeds}" if comparison.folds is None else f"{comparison.folds} folds"
+    spread = (f"{comparison.folds} folds" if comparison.folds is not None else f"the K-shot splits "
+              f"{comparison.k_shot_splits}" if comparison.k_shot_splits else f"seeds {comparison.seeds}")  # fmt: skip
     summary = f"Mean ± sample standard deviation over {spread}:\n\n{seed_table(summaries)}"
     write_results(output_dir, rows, extra, f"Techniques compared on {rows[0].task}", summary=summary)
     if comparison.train_fractions:
@@ -115,6 +130,9 @@ def runs_of(comparison: ComparisonArguments, trains: bool) -> list[tuple[str, li
     if comparison.folds is not None:
         return [(f"fold_{fold}", ["--seed", str(comparison.seeds[0]), "--folds", str(comparison.folds), "--fold",
                                   str(fold)]) for fold in range(comparison.folds)]  # fmt: skip
+    if comparison.k_shot_splits:  # LM-BFF: the split's seed trains too
+        return [(f"k_shot_{split}", ["--k_shot", split, "--seed", split.rsplit("-", 1)[-1]])
+                for split in comparison.k_shot_splits]  # fmt: skip
     seeds = comparison.seeds if trains else comparison.seeds[:1]
     if not comparison.train_fractions:
         return [(f"seed_{seed}", ["--seed", str(seed)]) for seed in seeds]

@@ -39,7 +39,9 @@ def main(args: SingleTaskArguments, training: ContinualTrainingArguments):
     model.requires_grad_(True)
     # 5 no wrapper
     # 6 train
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     # 7 evaluate
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=False)
     # 8 save the whole model, write the results

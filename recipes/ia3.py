@@ -54,7 +54,9 @@ def main(args: SingleTaskArguments, ia3: IA3Arguments, training: ContinualTraini
     model = get_peft_model(base, config)
     vectors = single_task.trainable_parameters(model)  # one scale per channel of each target layer
     # 6 train
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     # 7 evaluate
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=False)
     # 8 save the vectors, write the results

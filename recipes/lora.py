@@ -41,7 +41,9 @@ def main(args: SingleTaskArguments, lora: LoraArguments, training: ContinualTrai
     model = get_peft_model(base, lora.lora_config())
     trainable = single_task.trainable_parameters(model)
     # 6 train
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     # 7 evaluate on the test records
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=False)
     # 8 save the adapter, write the results

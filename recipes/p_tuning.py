@@ -50,7 +50,9 @@ def main(args: SingleTaskArguments, encoder: EncoderArguments, training: Continu
     model = get_peft_model(base, config.tokenize_tasknames(tokenizer))
     trainable = single_task.trainable_parameters(model)
     # 6 train the encoder, then freeze its output into the table (what is served and saved)
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     model.freeze_tasks()
     # 7 evaluate from the table
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=True)

@@ -50,7 +50,9 @@ def main(
     trainable = single_task.trainable_parameters(model)
     lora_weights = sum(p.numel() for p in model.stacked_parameters())
     # 6 train both (their own rates), then freeze the prompts into the table
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     model.freeze_tasks()
     # 7 evaluate: table + LoRA
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=True)

@@ -57,7 +57,9 @@ def main(args: SingleTaskArguments, encoder: EncoderArguments, training: Continu
     model = get_peft_model(base, config)
     trainable = single_task.trainable_parameters(model)
     # 6 train
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     # 7 evaluate with the encoder's rows in front
     result = single_task.evaluate(PrependedPrompts(model), prompts, task, args, virtual_tokens=False)
     # 8 save, write the results (what PEFT stores: the encoder's output rows)

@@ -65,7 +65,9 @@ def main(args: SingleTaskArguments, tuning: PromptTuningArguments, training: Con
     model = get_peft_model(base, config)
     rows = single_task.trainable_parameters(model)  # (count, D): all it trains, all it stores
     # 6 train (PEFT's forward prepends the rows)
-    train_or_resume(build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False))
+    trainer = build_trainer(model, training, examples, tokenizer.pad_token_id, virtual_tokens=False,
+                            **single_task.validation(prompts, task, args))  # fmt: skip
+    train_or_resume(trainer)
     # 7 evaluate the text's logits with the rows in front
     result = single_task.evaluate(PrependedPrompts(model), prompts, task, args, virtual_tokens=False)
     # 8 save the rows, write the results

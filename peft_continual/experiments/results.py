@@ -50,8 +50,10 @@ class ResultRow:
     """The held-out fold this row was evaluated on, where one result of a k-fold cross-validation
     (``peft_continual.experiments.folds``)."""
     train_fraction: float | None = None
-    """The share of the training records this row's model was trained on (``peft_continual.experiments.fractions``);
+    """The share of the training records this row's model was trained on (``peft_continual.experiments.subsets``);
     ``None``: all."""
+    k_shot: str | None = None
+    """The LM-BFF split this row's model was trained on (``16-13``...), where one result of K-shot x seeds."""
 
     @property
     def stored_percent(self) -> float | None:

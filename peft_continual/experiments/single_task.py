@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.folds import fold_split, stratum
-from peft_continual.experiments.fractions import stratified_fraction
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
 from peft_continual.experiments.run_settings import check_run_settings, training_settings
+from peft_continual.experiments.subsets import per_class, stratified_fraction
 from peft_continual.experiments.task_files import (
     DATA_DIR_VARIABLE,
     TaskSpec,
@@ -87,6 +87,21 @@ class SingleTaskArguments:
     fraction_seed: int = field(
         default=0, metadata={"help": "With --train_fraction: which draw of the records (repeats use other seeds)."}
     )
+    k_shot: str | None = field(
+        default=None,
+        metadata={"help": "LM-BFF split: the folder <dataset>/k_shot/<k_shot> (e.g. 16-13): its train.jsonl trains, "
+                  "its validation.jsonl is the development set; the test split stays the task's."},
+    )  # fmt: skip
+    k_per_class: int | None = field(
+        default=None,
+        metadata={"help": "LM-BFF's sampling for any data set: K training and K validation records per class "
+                  "(seeded by --records_seed)."},
+    )  # fmt: skip
+    validation_records: int | None = field(
+        default=None,
+        metadata={"help": "Validation records scored at each evaluation (eval_loss and per-task accuracy), to choose "
+                  "the best checkpoint; None: no validation (--k_shot and --k_per_class bring their own)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -96,6 +111,8 @@ class SingleTask:
     spec: TaskSpec
     train: list[TaskRecord]
     test: list[TaskRecord]
+    validation: list[TaskRecord] = field(default_factory=list)
+    """The development records that choose the best checkpoint (empty: none)."""
 
     @property
     def name(self) -> str:
@@ -103,25 +120,44 @@ class SingleTask:
 
 
 def load_task(args: SingleTaskArguments) -> SingleTask:
-    """The task named by ``args.taskname`` and its seeded train/test subsets (``records_seed``); with ``--folds``,
-    the training records split into the other folds (train) and fold ``--fold`` (test); with ``--train_fraction``,
-    that share of the training records."""
+    """The task named by ``args.taskname`` and its records: seeded train/test subsets (``records_seed``), and the
+    records of one evaluation protocol: ``--folds`` (the training records' other folds train, fold ``--fold`` is
+    the test set), ``--train_fraction`` (a share of the training records), ``--k_shot`` (an LM-BFF split folder) or
+    ``--k_per_class`` (K per class sampled from train and validation); validation records with
+    ``--validation_records``.
+
+    Raises:
+        ConfigError: an unknown task, a missing data file, or two protocols at once.
+    """
     specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
     if args.taskname not in specs:
         raise ConfigError(f"task {args.taskname!r} is not in {args.tasks}; tasks there: {allowed(specs)}")
     spec = specs[args.taskname]
+    protocols = [flag for flag, value in (("--folds", args.folds), ("--train_fraction", args.train_fraction),
+                                          ("--k_shot", args.k_shot), ("--k_per_class", args.k_per_class)) if value]  # fmt: skip
+    if len(protocols) > 1:
+        raise ConfigError(f"{' and '.join(protocols)}: one evaluation protocol at a time")
     data_dir = args.data_dir or default_data_dir(REPOSITORY)
-    train = load_split(spec, data_dir, "train", spec.train_records, args.records_seed)
+
+    def split(name: str, count: int | None, dataset: str = spec.dataset) -> list[TaskRecord]:
+        return load_split(replace(spec, dataset=dataset), data_dir, name, count, args.records_seed)
+
+    test = [] if args.folds is not None else split(spec.eval_split, args.max_eval_records or spec.eval_records)
+    if args.k_shot is not None:  # LM-BFF's own split: K per class to train, K per class to choose the checkpoint
+        folder = f"{spec.dataset}/k_shot/{args.k_shot}"
+        return SingleTask(spec, split("train", None, folder), test, split("validation", None, folder))
+    train = split("train", spec.train_records)
+    validation = split("validation", args.validation_records) if args.validation_records else []
+    if args.k_per_class is not None:
+        validation = split("validation", None)
+        train = per_class(train, strata(spec, train), args.k_per_class, args.records_seed)
+        validation = per_class(validation, strata(spec, validation), args.k_per_class, args.records_seed)
     if args.folds is not None:  # the held-out fold of the training records is the test set
         train, test = fold_split(train, strata(spec, train), args.folds, args.fold, args.records_seed)
         test = test[: args.max_eval_records]
-    else:
-        test = load_split(
-            spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed
-        )
     if args.train_fraction is not None:
         train = stratified_fraction(train, strata(spec, train), args.train_fraction, args.fraction_seed)
-    return SingleTask(spec, train, test)
+    return SingleTask(spec, train, test, validation)
 
 
 def strata(spec: TaskSpec, records: list[TaskRecord]) -> list[str]:
@@ -148,6 +184,17 @@ def tokenize_task(args: SingleTaskArguments, task: SingleTask, template: Any) ->
     tokenizer = load_tokenizer(args)
     prompts = PromptTokenizer(tokenizer, [template], max_length=args.max_length)
     return tokenizer, prompts, prompts.tokenize_records(task.train).examples
+
+
+def validation(prompts: Any, task: SingleTask, args: SingleTaskArguments) -> dict[str, Any]:
+    """``build_trainer``'s arguments that score the task's development records at each evaluation (``eval_loss``
+    and ``eval_task_accuracy``, for ``--metric_for_best_model task_accuracy``); none when the task has none."""
+    if not task.validation:
+        return {}
+    from peft_continual.evaluation import ValidationAccuracy
+
+    accuracy = ValidationAccuracy(prompts, task.validation, [task.spec.evaluation], batch_size=args.eval_batch_size)
+    return {"eval_dataset": prompts.tokenize_records(task.validation).examples, "validation_accuracy": accuracy}
 
 
 def load_model(args: SingleTaskArguments, training: Any) -> tuple[nn.Module, int]:
@@ -312,7 +359,7 @@ def finish(
         save_trained(trained, Path(training.output_dir) / "final")
     row = result_row(technique, result, trainable_parameters=trainable, stored_parameters=stored, base_parameters=base)
     row.seed, row.fold = training.seed, args.fold if args.folds is not None else None
-    row.train_fraction = args.train_fraction
+    row.train_fraction, row.k_shot = args.train_fraction, args.k_shot
     extra = {
         "command": " ".join(["python", *sys.argv]),
         "precision": str(training.precision_choice),

@@ -230,3 +230,26 @@ def test_a_fraction_sweep_trains_every_technique_on_each_share_with_each_seed(tm
     assert (tmp_path / "out" / "fraction_sweep.png").stat().st_size > 0
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "| task | stage | train % | seeds |" in markdown and "| sentiment | lora | 25 | 0, 1 |" in markdown
+
+
+@pytest.mark.slow
+def test_lmbff_trains_on_each_k_shot_split_chooses_on_its_development_records_and_tests_on_the_test_split(
+    tmp_path, tiny_model_dir, shared_data
+):
+    flags = ["--config", str(CONFIGS / "compare_techniques" / "lmbff_sst2.yaml"), "--data_dir", str(shared_data),
+             "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "out"), "--k_shot_splits", "16-13",
+             "16-21", "--runs", str(CONFIGS / "few_shot" / "zero_shot.yaml"), str(CONFIGS / "lora" / "smollm2_135m.yaml"),
+             "--max_steps", "2", "--eval_steps", "1", "--save_steps", "1", "--max_eval_records", "10",
+             "--per_device_train_batch_size", "4", "--disable_tqdm", "true"]  # fmt: skip
+    rows = RECIPE["main"](*parse_and_pass_on(RECIPE["ARGUMENTS"], flags))
+    assert [(row.stage, row.k_shot, row.seed) for row in rows] == [
+        ("zero_shot", "16-13", 13), ("zero_shot", "16-21", 21), ("lora", "16-13", 13), ("lora", "16-21", 21),
+    ]  # fmt: skip
+    assert all(row.task == "sst2" and row.examples == 10 for row in rows)
+    state = json.loads(next((tmp_path / "out" / "lora" / "k_shot_16-21").glob("checkpoint-2/trainer_state.json"))
+                       .read_text())  # fmt: skip
+    evaluations = [entry for entry in state["log_history"] if "eval_task_accuracy" in entry]
+    assert [entry["step"] for entry in evaluations] == [1, 2]  # the 32 development records, at every evaluation
+    assert state["best_model_checkpoint"] and state["best_metric"] == max(e["eval_task_accuracy"] for e in evaluations)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [summary["k_shots"] for summary in results["over_k_shots"]] == [["16-13", "16-21"]] * 2

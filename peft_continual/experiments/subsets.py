@@ -1,5 +1,8 @@
-"""How much training data can be removed? A stratified share of a task's training records, for the data-fraction
-sweep of NeMo's Swedish study (10% kept the accuracy, 5% dropped it, 1% was unstable over 6 runs).
+"""Subsets of a task's records for the evaluation protocols: a stratified share (the data-fraction sweep) and K records
+per class (LM-BFF's few-shot sampling).
+
+How much training data can be removed? NeMo's Swedish study asked it: 10% kept the accuracy, 5% dropped it, 1% was
+unstable over 6 runs.
 
 ``stratified_fraction`` keeps ``fraction`` of the records with each label in about its share of all of them
 and at least one record of every label. The seed decides which records: repeats of a fraction with other seeds draw
@@ -44,4 +47,28 @@ def stratified_fraction(
         members = by_label[label]
         generator.shuffle(members)  # the same order for every fraction: a smaller share is a prefix of a larger one
         kept += members[: max(1, round(fraction * len(members)))]
+    return [records[i] for i in sorted(kept)]
+
+
+def per_class(records: Sequence[TaskRecord], strata: Sequence[str], k: int, seed: int) -> list[TaskRecord]:
+    """``k`` records of each label (all of a label with fewer), drawn with ``seed``, in file order: LM-BFF's sampling
+    of a K-shot training set and of its equally small development set, for any data set.
+
+    Raises:
+        ConfigError: ``k`` below 1.
+
+    Examples:
+        >>> records = [TaskRecord("s", {"label": label}, f"r{i}") for i, label in enumerate("aaaaaaaabb")]
+        >>> sorted(r.fields["label"] for r in per_class(records, "aaaaaaaabb", 2, seed=0))
+        ['a', 'a', 'b', 'b']
+    """
+    if not isinstance(k, int) or k < 1:
+        raise ConfigError(f"--k_per_class must be 1 or more, got {k!r}")
+    by_label: dict[str, list[int]] = {}
+    for index, label in enumerate(strata):
+        by_label.setdefault(str(label), []).append(index)
+    generator = random.Random(f"{seed}:per_class")
+    kept = []
+    for label in sorted(by_label):
+        kept += generator.sample(by_label[label], min(k, len(by_label[label])))
     return [records[i] for i in sorted(kept)]

@@ -6,7 +6,7 @@ import pytest
 
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError
-from peft_continual.experiments.fractions import stratified_fraction
+from peft_continual.experiments.subsets import stratified_fraction
 
 LABELS = "a" * 60 + "b" * 30 + "c" * 10
 RECORDS = [TaskRecord("s", {"label": label}, f"r{i}") for i, label in enumerate(LABELS)]
@@ -36,3 +36,14 @@ def test_with_one_seed_a_smaller_fraction_lies_inside_a_larger_one():
     for seed in range(3):
         shares = [{r.source for r in stratified_fraction(RECORDS, LABELS, f, seed)} for f in (0.05, 0.1, 0.5, 1.0)]
         assert shares[0] <= shares[1] <= shares[2] <= shares[3]
+
+
+def test_per_class_draws_k_of_each_label_or_all_of_a_smaller_one():
+    from peft_continual.experiments.subsets import per_class
+
+    kept = per_class(RECORDS, LABELS, 16, seed=0)
+    assert Counter(r.fields["label"] for r in kept) == {"a": 16, "b": 16, "c": 10}
+    assert per_class(RECORDS, LABELS, 4, seed=0) == per_class(RECORDS, LABELS, 4, seed=0)
+    assert per_class(RECORDS, LABELS, 4, seed=0) != per_class(RECORDS, LABELS, 4, seed=1)
+    with pytest.raises(ConfigError, match="--k_per_class"):
+        per_class(RECORDS, LABELS, 0, seed=0)

@@ -1,0 +1,31 @@
+"""The records each evaluation protocol gives a single-task recipe (``single_task.load_task``), on the shared data."""
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from peft_continual.errors import ConfigError
+from peft_continual.experiments.single_task import SingleTaskArguments, load_task
+
+LMBFF = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "compare_techniques" / "tasks_lmbff.yaml"
+
+
+def test_a_k_shot_split_trains_on_its_folder_and_keeps_the_whole_test_split(shared_data):
+    task = load_task(SingleTaskArguments(tasks=str(LMBFF), taskname="sst2", k_shot="16-13", data_dir=str(shared_data)))
+    assert Counter(r.fields["label"] for r in task.train) == {"negative": 16, "positive": 16}
+    assert all("16-13-train" in r.fields["id"] for r in task.train)
+    assert len(task.validation) == 32 and all("16-13-dev" in r.fields["id"] for r in task.validation)
+    assert len(task.test) == 872
+
+
+def test_k_per_class_samples_train_and_validation_of_any_data_set(shared_data):
+    args = SingleTaskArguments(taskname="sentiment", k_per_class=4, data_dir=str(shared_data), records_seed=3)
+    task = load_task(args)
+    assert Counter(r.fields["label"] for r in task.train) == {"positive": 4, "negative": 4, "neutral": 4}
+    assert Counter(r.fields["label"] for r in task.validation) == {"positive": 4, "negative": 4, "neutral": 4}
+
+
+def test_two_protocols_at_once_are_refused(shared_data):
+    with pytest.raises(ConfigError, match="--folds and --train_fraction"):
+        load_task(SingleTaskArguments(folds=5, train_fraction=0.5, data_dir=str(shared_data)))
