@@ -40,7 +40,12 @@ import yaml
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.cli import parse_and_pass_on, parse_config_and_flags, run_recipe, without_flags
 from peft_continual.experiments.results import ResultRow, show_results, write_results
-from peft_continual.experiments.seed_summary import plot_over_fractions, seed_table, summarize_over_seeds
+from peft_continual.experiments.seed_summary import (
+    noise_table,
+    plot_over_fractions,
+    seed_table,
+    summarize_over_seeds,
+)
 from peft_continual.experiments.single_task import TRAINING_SETTINGS, finished_run
 from peft_continual.machine import machine_facts
 
@@ -116,7 +121,9 @@ def main(comparison: ComparisonArguments, passed_on: list[str]) -> list[ResultRo
     }
     spread = (f"{comparison.folds} folds" if comparison.folds is not None else f"the K-shot splits "
               f"{comparison.k_shot_splits}" if comparison.k_shot_splits else f"seeds {comparison.seeds}")  # fmt: skip
-    summary = f"Mean ± sample standard deviation over {spread}:\n\n{seed_table(summaries)}"
+    summary = (f"Mean ± sample standard deviation over {spread}:\n\n{seed_table(summaries)}\n\nThe best technique "
+               f"against each other (headline accuracy: restricted choice where measured; a difference under two "
+               f"standard errors cannot be told from noise):\n\n{noise_table(summaries)}")  # fmt: skip
     write_results(output_dir, rows, extra, f"Techniques compared on {rows[0].task}", summary=summary)
     if comparison.train_fractions:
         plot_over_fractions(output_dir / "fraction_sweep.png", summaries)

@@ -8,12 +8,13 @@ deviation and the range of the per-seed accuracies.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peft_continual.experiments.results import ResultRow
+from peft_continual.experiments.results import ResultRow, standard_error
 from peft_continual.processes import main_process_only
 
 
@@ -41,6 +42,22 @@ class SeedSummary:
     over: str = "seed"
     train_fraction: float | None = None
     """The share of the training records of every run summarised (a data-fraction sweep); ``None``: all."""
+    examples: list[int] = field(default_factory=list)
+    """Test records of each run."""
+
+    def headline(self) -> tuple[str, list[float]]:
+        """The accuracy compared across techniques: restricted choice where measured, else generation."""
+        return ("restricted", self.restricted) if self.restricted else ("generation", self.generation)
+
+    def standard_error(self) -> float | None:
+        """Standard error of the headline mean: over runs ``std / sqrt(k)``; one run: the binomial error on its
+        test records."""
+        _, values = self.headline()
+        if len(values) >= 2:
+            return _std(values) / math.sqrt(len(values))
+        if values and self.examples:
+            return standard_error(values[0], self.examples[0])
+        return None
 
     @property
     def generation_mean(self) -> float | None:
@@ -97,6 +114,7 @@ def summarize_over_seeds(rows: Sequence[ResultRow], over: str = "seed") -> list[
         key = (row.task, row.stage, row.train_fraction)
         summary = groups.setdefault(key, SeedSummary(row.task, row.stage, [], [], [], [], over, row.train_fraction))
         summary.seeds.append(getattr(row, over))
+        summary.examples.append(row.examples)
         for values, value in ((summary.generation, row.generation), (summary.restricted, row.restricted),
                               (summary.macro_f1, row.macro_f1)):  # fmt: skip
             if value is not None:
@@ -132,6 +150,35 @@ def seed_table(summaries: Sequence[SeedSummary]) -> str:
             f"| {_range(s.generation)} | {_mean_std(s.restricted_mean, s.restricted_std)} | {_range(s.restricted)} "
             f"| {_mean_std(s.macro_f1_mean, s.macro_f1_std)} |"
         )
+    return "\n".join(lines)
+
+
+def noise_table(summaries: Sequence[SeedSummary]) -> str:
+    """Markdown: per task (and training fraction), the best technique's headline accuracy against each other's, the
+    difference, its standard error (``sqrt(se1² + se2²)``, each from ``standard_error``) and whether the difference
+    is inside the noise (under two standard errors: not told apart at about 95%)."""
+    lines = [
+        "| task | best | other | difference (points) | s.e. of the difference | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple[str, float | None], list[SeedSummary]] = {}
+    for s in summaries:
+        if s.headline()[1]:
+            groups.setdefault((s.task, s.train_fraction), []).append(s)
+    for (task, fraction), members in groups.items():
+        best = max(members, key=lambda s: _mean(s.headline()[1]))
+        where = task if fraction is None else f"{task} ({100 * fraction:g}% of train)"
+        for other in members:
+            if other is best:
+                continue
+            difference = _mean(best.headline()[1]) - _mean(other.headline()[1])
+            errors = [best.standard_error(), other.standard_error()]
+            if None in errors:
+                continue
+            error = math.sqrt(sum(e * e for e in errors))
+            verdict = "inside the noise" if difference < 2 * error else "outside the noise"
+            lines.append(f"| {where} | {best.stage} | {other.stage} | {100 * difference:+.1f} | {100 * error:.1f} "
+                         f"| {verdict} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ def test_a_rows_file_without_a_key_is_not_trusted(tmp_path):
 
 def test_the_markdown_table_gives_percentages_and_the_share_of_the_base_model():
     line = markdown_table([ROW]).splitlines()[-1]
-    assert line == "| sentiment | round 1 | 50.0 | 75.0 | - | 1 | 2 | 10 | 20 | 2.0000 |"
+    assert line == "| sentiment | round 1 | 50.0 ± 35.4 | 75.0 ± 30.6 | - | 1 | 2 | 10 | 20 | 2.0000 |"  # s.e. on 2
 
 
 LABELS = ["positive", "negative", "neutral"]

@@ -45,10 +45,27 @@ def test_folds_summarize_like_seeds_with_their_macro_f1():
     table = seed_table([summary])
     assert "| task | stage | folds |" in table and "| sentiment | lora | 0, 1, 2 | 90.0 ± 10.0 |" in table
     assert table.endswith("| 80.0 ± 20.0 |")
-    assert "| fold |" in markdown_table(rows) and "| lora | 1 | 80.0 |" in markdown_table(rows)
+    assert "| fold |" in markdown_table(rows) and "| lora | 1 | 80.0 ± 8.9 |" in markdown_table(rows)
 
 
 def test_the_rows_table_gets_a_seed_column_only_when_rows_have_seeds():
     assert "| seed |" not in markdown_table([row("lora", 0.9, 0.9, None)])
     seeded = markdown_table([row("lora", 0.9, 0.9, 2), row("zero_shot", 0.5, 0.5, None)])
-    assert "| task | stage | seed |" in seeded and "| lora | 2 | 90.0 |" in seeded and "| zero_shot | - |" in seeded
+    assert "| task | stage | seed |" in seeded and "| lora | 2 | 90.0 ± 2.0 |" in seeded and "| zero_shot | - |" in seeded
+
+
+
+def test_the_best_technique_is_told_apart_from_others_only_outside_two_standard_errors():
+    from peft_continual.experiments.seed_summary import noise_table
+
+    rows = [row("lora", 0.9, accuracy, seed) for seed, accuracy in enumerate([0.948, 0.951, 0.945])]
+    rows += [row("p_tuning", 0.9, accuracy, seed) for seed, accuracy in enumerate([0.92, 0.935, 0.938])]
+    rows += [row("ia3", 0.9, accuracy, seed) for seed, accuracy in enumerate([0.93, 0.96, 0.94])]
+    rows += [row("zero_shot", 0.5, 0.6, None)]
+    lines = noise_table(summarize_over_seeds(rows)).splitlines()[2:]
+    # lora 94.8 vs p_tuning 93.1: s.e. of the means 0.17 and 0.56 points -> 0.58; 1.7 points is outside
+    assert lines[0] == "| sentiment | lora | p_tuning | +1.7 | 0.6 | outside the noise |"
+    # ia3 94.3 ± 1.5 over 3 seeds: s.e. 0.9 -> a 0.5-point difference is inside
+    assert lines[1] == "| sentiment | lora | ia3 | +0.5 | 0.9 | inside the noise |"
+    # one run of zero-shot: its binomial error on 226 records (3.3 points)
+    assert lines[2] == "| sentiment | lora | zero_shot | +34.8 | 3.3 | outside the noise |"
