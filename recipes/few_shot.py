@@ -6,11 +6,14 @@ Run from the repository root, in the venv:
 
     python recipes/few_shot.py --config recipes/configs/few_shot/smollm2_135m.yaml
     python recipes/few_shot.py --config recipes/configs/few_shot/zero_shot.yaml
+    python recipes/few_shot.py --config recipes/configs/few_shot/similar.yaml
     python recipes/few_shot.py --config recipes/configs/few_shot/zero_shot.yaml --chat_template true \
         --system_prompt "Answer with one word: positive, negative or neutral."
 
-Demonstrations are chosen as the task file's ``fewshot:`` section says (per class by default, seeded); the model
-reads the task's template without its virtual tokens, after them. Nothing trains: of ``TrainingArguments`` only
+Demonstrations are chosen as the task file's ``fewshot:`` section says (per class by default, seeded), or per input
+by sentence similarity (``--demonstrations similar``: the k nearest training records of each class, LM-BFF's choice,
+``peft_continual.data.similar_demonstrations``); the model reads the task's template without its virtual tokens,
+after them. Nothing trains: of ``TrainingArguments`` only
 ``--output_dir``, ``--seed`` and ``--precision`` apply, and training flags (``--learning_rate``, ``--max_steps``...) are
 refused. Writes ``results.json``/``results.md`` into ``--output_dir``.
 """
@@ -23,6 +26,8 @@ from dataclasses import dataclass, field, replace
 
 from peft_continual.data.chat import chat_template
 from peft_continual.data.fewshot import fewshot_template
+from peft_continual.data.similar_demonstrations import with_similar_demonstrations
+from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
@@ -46,6 +51,11 @@ class FewShotArguments:
     system_prompt: str | None = field(
         default=None, metadata={"help": "With --chat_template: the system turn (None: the chat template's default)."}
     )
+    demonstrations: str = field(
+        default="random",
+        metadata={"help": "`random` (seeded, the same for every input) or `similar` (per input, the k nearest "
+                  "training records of each class by sentence similarity, LM-BFF's choice)."},
+    )  # fmt: skip
 
 
 ARGUMENTS = (SingleTaskArguments, FewShotArguments, ContinualTrainingArguments)
@@ -56,19 +66,26 @@ def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: Continu
     given = single_task.training_flags_given(training)
     if given:
         raise ConfigError(f"{given}: few-shot prompting trains nothing")
+    if fewshot.demonstrations not in ("random", "similar"):
+        raise ConfigError(f"--demonstrations must be random or similar, got {fewshot.demonstrations!r}")
     if fewshot.system_prompt is not None and not fewshot.chat_template:
         raise ConfigError("--system_prompt needs --chat_template true (a system turn exists only in the chat format)")
     technique, started = single_task.start_run(__file__, training, args, fewshot), time.time()
     # 1 records: the demonstrations come from the training records
     task = single_task.load_task(args)
-    # 2 template: k demonstrations, then the test input (its virtual tokens removed)
+    # 2 template: k demonstrations, then the test input (its virtual tokens removed); similar ones travel in each
+    # test record
     settings = task.spec.fewshot if fewshot.k is None else replace(task.spec.fewshot, k=fewshot.k)
-    template = fewshot_template(task.spec.template, task.train, settings) if settings.k else None
-    template = template or task.spec.template.without_virtual_tokens()
+    template = task.spec.template.without_virtual_tokens()
+    if settings.k and fewshot.demonstrations == "similar":
+        template, test = with_similar_demonstrations(task.spec.template, task.train, task.test, settings)
+        task = replace(task, test=test)
+    elif settings.k:
+        template = fewshot_template(task.spec.template, task.train, settings)
     if fewshot.chat_template:  # the demonstrations and the input as the user's turn
         template = chat_template(template, single_task.load_tokenizer(args), fewshot.system_prompt)
-    # 3 tokenize
-    _, prompts, _ = single_task.tokenize_task(args, task, template)
+    # 3 the tokenizer of the prompts (nothing to train: no training examples)
+    prompts = PromptTokenizer(single_task.load_tokenizer(args), [template], max_length=args.max_length)
     # 4 base model, 5 nothing to wrap, 6 nothing to train
     model, base = single_task.load_model(args, training)
     # 7 evaluate

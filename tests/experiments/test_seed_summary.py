@@ -51,8 +51,9 @@ def test_folds_summarize_like_seeds_with_their_macro_f1():
 def test_the_rows_table_gets_a_seed_column_only_when_rows_have_seeds():
     assert "| seed |" not in markdown_table([row("lora", 0.9, 0.9, None)])
     seeded = markdown_table([row("lora", 0.9, 0.9, 2), row("zero_shot", 0.5, 0.5, None)])
-    assert "| task | stage | seed |" in seeded and "| lora | 2 | 90.0 ± 2.0 |" in seeded and "| zero_shot | - |" in seeded
-
+    assert (
+        "| task | stage | seed |" in seeded and "| lora | 2 | 90.0 ± 2.0 |" in seeded and "| zero_shot | - |" in seeded
+    )
 
 
 def test_the_best_technique_is_told_apart_from_others_only_outside_two_standard_errors():

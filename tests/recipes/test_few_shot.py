@@ -49,3 +49,37 @@ def test_training_flags_are_refused_not_ignored(tmp_path):
     with pytest.raises(ConfigError, match=r"\['--max_steps', '--learning_rate'\]: few-shot prompting trains nothing"):
         RECIPE["main"](*arguments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_similar_demonstrations_give_each_test_input_its_nearest_training_records(
+    tmp_path, tiny_model_dir, shared_data, monkeypatch
+):
+    """With the real all-MiniLM-L6-v2 (offline package): every test record's prompt holds one demonstration of each
+    class, the nearest last, drawn from the training records."""
+    from peft_continual.data import similar_demonstrations
+
+    seen = {}
+    real = similar_demonstrations.with_similar_demonstrations
+
+    def recording(*args, **kwargs):
+        seen["template"], seen["records"] = real(*args, **kwargs)
+        return seen["template"], seen["records"]
+
+    monkeypatch.setitem(RECIPE["main"].__globals__, "with_similar_demonstrations", recording)
+    arguments = parse_config_and_flags(
+        RECIPE["ARGUMENTS"], flags(tmp_path, tiny_model_dir, shared_data, "--demonstrations", "similar")
+    )
+    (row,) = RECIPE["main"](*arguments)
+    assert row.examples == 6 and seen["template"].prompt_template.startswith("{demonstrations}")
+    prompts = [record.fields["demonstrations"] for record in seen["records"]]
+    assert len(prompts) == 6 and len(set(prompts)) > 1  # chosen per input, not one set for all
+    for prompt in prompts:
+        labels = sorted(line.split(": ")[1] for line in prompt.splitlines() if line.startswith("Sentiment: "))
+        assert labels == ["negative", "neutral", "positive"]
+
+
+def test_an_unknown_demonstration_choice_is_refused(tmp_path):
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, "m", "d", "--demonstrations", "best"))
+    with pytest.raises(ConfigError, match="--demonstrations must be random or similar"):
+        RECIPE["main"](*arguments)
