@@ -51,6 +51,12 @@ class LabelNormalization:
         default_factory=dict,
         metadata={"help": "Extra spellings -> canonical label, e.g. {'positiva': 'positive'}; targets must be labels."},
     )
+    words: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "Label words (LM-BFF): label -> the word the model reads and answers with, e.g. "
+                  "{'positive': 'great', 'negative': 'terrible'}. Records' answers are shown as the words, generated "
+                  "words normalise back to their label, restricted choice picks among the words."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, str) or not isinstance(self.labels, Iterable):
@@ -64,6 +70,12 @@ class LabelNormalization:
         if not isinstance(self.variants, Mapping):
             raise ConfigError(f"LabelNormalization.variants must be a mapping variant -> label, got {self.variants!r}")
         self.variants = dict(self.variants)
+        if not isinstance(self.words, Mapping) or not all(isinstance(w, str) and w for w in self.words.values()):
+            raise ConfigError(f"LabelNormalization.words must map labels to non-empty words, got {self.words!r}")
+        self.words = dict(self.words)
+        unknown = sorted(set(self.words) - set(self.labels))
+        if unknown:
+            raise ConfigError(f"LabelNormalization.words: {unknown} are not labels; labels: {allowed(self.labels)}")
         self._lookup = self._build_lookup()
 
     def _build_lookup(self) -> dict[str, str]:
@@ -79,7 +91,9 @@ class LabelNormalization:
                     "turn off lowercase/strip_punctuation or rename a label"
                 )
             lookup[key] = label
-        for variant, target in self.variants.items():
+        spellings = [("variants", variant, target) for variant, target in self.variants.items()]
+        spellings += [("words", word, label) for label, word in self.words.items()]  # a word reads as its label
+        for kind, variant, target in spellings:
             if target not in self.labels:
                 raise ConfigError(
                     f"LabelNormalization.variants: {variant!r} maps to {target!r}, which is not a label; "
@@ -87,16 +101,20 @@ class LabelNormalization:
                 )
             key = self.key(variant)
             if not key:
-                raise ConfigError(f"LabelNormalization.variants: variant {variant!r} normalises to an empty string")
+                raise ConfigError(f"LabelNormalization.{kind}: {variant!r} normalises to an empty string")
             if lookup.get(key, target) != target:
                 raise ConfigError(
-                    f"LabelNormalization.variants: {variant!r} -> {target!r} clashes with label {lookup[key]!r} "
+                    f"LabelNormalization.{kind}: {variant!r} -> {target!r} clashes with label {lookup[key]!r} "
                     f"(both normalise to {key!r})"
                 )
             lookup[key] = target
         return lookup
 
     # ------------------------------------------------------------------ public API
+    def word(self, label: str) -> str:
+        """What the model reads and writes for ``label``: its label word, else the label itself."""
+        return self.words.get(label, label)
+
     def key(self, text: str) -> str:
         """The normalised form of ``text`` used for matching (the configured steps, in a fixed order)."""
         if self.first_line_only:

@@ -91,8 +91,8 @@ class TaskEvaluation:
         """The answers restricted scoring chooses among, or ``None`` when it is off for the task."""
         if not self.restricted:
             return None
-        if self.kind is TaskKind.CLASSIFICATION:
-            return CandidateSet(tuple(self.labels.labels))
+        if self.kind is TaskKind.CLASSIFICATION:  # what the model writes: the label words where there are
+            return CandidateSet(tuple(self.labels.word(label) for label in self.labels.labels))
         return CandidateSet(tuple(intent_answer_prefix(intent) for intent in self.labels.labels), score_eos=False)
 
     @classmethod

@@ -133,7 +133,8 @@ def rounds_of(specs: Sequence[TaskSpec]) -> list[list[TaskSpec]]:
 def load_split(spec: TaskSpec, data_dir: str | Path, split: str, limit: int | None, seed: int) -> list[TaskRecord]:
     """Records of one split of a task's dataset, or a seeded random subset of ``limit`` of them (in file order).
 
-    The records' ``taskname`` is set to the spec's, so one dataset can serve under another task name.
+    The records' ``taskname`` is set to the spec's, so one dataset can serve under another task name; where the task
+    has label words (``LabelNormalization.words``), the answers are the words (the metrics map them back).
     """
     path = Path(data_dir) / spec.dataset / f"{split}.jsonl"
     if not path.exists():
@@ -144,4 +145,18 @@ def load_split(spec: TaskSpec, data_dir: str | Path, split: str, limit: int | No
     if limit is not None and limit < len(records):
         keep = sorted(random.Random(f"{seed}:{spec.taskname}:{split}").sample(range(len(records)), limit))
         records = [records[i] for i in keep]
-    return [TaskRecord(spec.taskname, record.fields, record.source) for record in records]
+    return [TaskRecord(spec.taskname, _shown_answer(spec, record), record.source) for record in records]
+
+
+def _shown_answer(spec: TaskSpec, record: TaskRecord) -> dict:
+    """The record's fields with its answer as the model reads it: the label word, where the task has label words."""
+    labels, answer = spec.evaluation.labels, spec.template.answer_field
+    if (
+        labels is None
+        or not labels.words
+        or spec.evaluation.kind.value != "classification"
+        or answer not in record.fields
+    ):
+        return record.fields
+    label = labels.normalize_reference(record.fields[answer], record.source, spec.taskname)
+    return {**record.fields, answer: labels.word(label)}

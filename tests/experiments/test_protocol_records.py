@@ -13,7 +13,7 @@ LMBFF = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "compare_t
 
 def test_a_k_shot_split_trains_on_its_folder_and_keeps_the_whole_test_split(shared_data):
     task = load_task(SingleTaskArguments(tasks=str(LMBFF), taskname="sst2", k_shot="16-13", data_dir=str(shared_data)))
-    assert Counter(r.fields["label"] for r in task.train) == {"negative": 16, "positive": 16}
+    assert Counter(r.fields["label"] for r in task.train) == {"terrible": 16, "great": 16}  # its label words
     assert all("16-13-train" in r.fields["id"] for r in task.train)
     assert len(task.validation) == 32 and all("16-13-dev" in r.fields["id"] for r in task.validation)
     assert len(task.test) == 872
