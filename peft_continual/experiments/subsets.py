@@ -38,13 +38,9 @@ def stratified_fraction(
     """
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ConfigError(f"--train_fraction must be in (0, 1], got {fraction!r}")
-    by_label: dict[str, list[int]] = {}
-    for index, label in enumerate(strata):
-        by_label.setdefault(str(label), []).append(index)
     generator = random.Random(f"{seed}:train_fraction")
     kept = []
-    for label in sorted(by_label):
-        members = by_label[label]
+    for members in _indices_by_label(strata):
         generator.shuffle(members)  # the same order for every fraction: a smaller share is a prefix of a larger one
         kept += members[: max(1, round(fraction * len(members)))]
     return [records[i] for i in sorted(kept)]
@@ -64,11 +60,17 @@ def per_class(records: Sequence[TaskRecord], strata: Sequence[str], k: int, seed
     """
     if not isinstance(k, int) or k < 1:
         raise ConfigError(f"--k_per_class must be 1 or more, got {k!r}")
+    generator = random.Random(f"{seed}:per_class")
+    kept = []
+    for members in _indices_by_label(strata):
+        kept += generator.sample(members, min(k, len(members)))
+    return [records[i] for i in sorted(kept)]
+
+
+def _indices_by_label(strata: Sequence[str]) -> list[list[int]]:
+    """The record indices of each label, labels in sorted order (so a seed gives the same draw in any file order of
+    labels)."""
     by_label: dict[str, list[int]] = {}
     for index, label in enumerate(strata):
         by_label.setdefault(str(label), []).append(index)
-    generator = random.Random(f"{seed}:per_class")
-    kept = []
-    for label in sorted(by_label):
-        kept += generator.sample(by_label[label], min(k, len(by_label[label])))
-    return [records[i] for i in sorted(kept)]
+    return [by_label[label] for label in sorted(by_label)]
