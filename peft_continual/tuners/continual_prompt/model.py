@@ -24,7 +24,6 @@ from torch import nn
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
-from peft_continual.processes import distributed
 from peft_continual.tuners.continual_prompt import _peft_compat as compat
 from peft_continual.tuners.continual_prompt._peft_compat import ENCODER_ATTR, TABLE_ATTR, PeftTunerBase
 from peft_continual.tuners.continual_prompt.config import (
@@ -36,7 +35,11 @@ from peft_continual.tuners.continual_prompt.config import (
 from peft_continual.tuners.continual_prompt.encoder import TaskPromptEncoder
 from peft_continual.tuners.continual_prompt.fingerprint import check_fingerprint, fingerprint, name_or_path
 from peft_continual.tuners.continual_prompt.injection import inject_prompts
-from peft_continual.tuners.continual_prompt.sharded import call_with_whole_parameters, whole_embedding
+from peft_continual.tuners.continual_prompt.sharded import (
+    call_with_whole_parameters,
+    whole_embedding,
+    with_absent_tasks_in_the_graph,
+)
 from peft_continual.tuners.continual_prompt.stacked import PER_ROW_TYPES, stacked_configs
 from peft_continual.tuners.continual_prompt.table import PromptTable
 
@@ -257,22 +260,7 @@ class ContinualPromptModel(PeftTunerBase):
             return inputs_embeds
         tasknames = list(tasknames)
         embeds = inject_prompts(inputs_embeds, virtual_token_mask, tasknames, self.task_prompts(tasknames))
-        return self._with_absent_tasks_in_the_graph(embeds, tasknames)
-
-    def _with_absent_tasks_in_the_graph(self, embeds: torch.Tensor, tasknames: Sequence[str]) -> torch.Tensor:
-        """Under several processes, the tasks in training that this micro-batch lacks join the graph with weight 0, so
-        every process has a gradient (0 for them) for the same parameters: DDP and FSDP reduce gradients across the
-        processes by position, and FSDP2 would otherwise mix the gradients of different parameters without an error
-        when one process's rows hold a task and another's do not. Alone, an absent task's parameters keep no gradient
-        (the optimizer leaves them as they are), as before."""
-        encoder = self.prompt_encoder
-        if encoder is None or not torch.is_grad_enabled() or not distributed():
-            return embeds
-        absent = [name for name in encoder.tasks if name not in set(tasknames)]
-        if not absent:
-            return embeds
-        rows = encoder(absent, self._word_embeddings())  # a few rows per task: cheap
-        return embeds + 0.0 * sum(row.sum() for row in rows.values()).to(embeds.dtype)
+        return with_absent_tasks_in_the_graph(embeds, self.prompt_encoder, tasknames, self._word_embeddings())
 
     # ------------------------------------------------------------------ rounds
     def freeze_tasks(self) -> None:

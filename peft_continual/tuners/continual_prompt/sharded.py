@@ -1,4 +1,5 @@
-"""Work on the encoder outside the model's forward when FSDP2 has sharded its parameters.
+"""The encoder under several processes: the same parameters get gradients in every process, and work outside the
+model's forward sees whole parameters when FSDP2 has sharded them.
 
 Under FSDP (``accelerate launch`` with an FSDP config; ``torch.distributed.fsdp.fully_shard``) each process holds a
 shard of every parameter (a ``DTensor``) and FSDP gathers the whole ones only around a forward or backward of the
@@ -9,14 +10,39 @@ buffers, which FSDP does not shard: every process holds the whole table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+try:
+    from torch.distributed.tensor import DTensor  # torch >= 2.5; FSDP2's sharded parameters
+except ImportError:  # an older torch, or a build without distributed: nothing is ever sharded
+    DTensor = ()
+
+from peft_continual.processes import distributed
+
 
 def _is_sharded(tensor: torch.Tensor) -> bool:
-    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "full_tensor")
+    return isinstance(tensor, DTensor)
+
+
+def with_absent_tasks_in_the_graph(
+    embeds: torch.Tensor, encoder: nn.Module | None, tasknames: Sequence[str], word_embeddings: nn.Module
+) -> torch.Tensor:
+    """``embeds`` ``(B, L, D)``; under several processes, plus 0 times the rows of the tasks in training that this
+    micro-batch lacks, so every process has a gradient (0 for them) for the same parameters: DDP and FSDP reduce
+    gradients across the processes by position, and FSDP2 would otherwise mix the gradients of different parameters
+    without an error when one process's rows hold a task and another's do not. Alone, an absent task's parameters
+    keep no gradient (the optimizer leaves them as they are), as before."""
+    if encoder is None or not torch.is_grad_enabled() or not distributed():
+        return embeds
+    absent = [name for name in encoder.tasks if name not in set(tasknames)]
+    if not absent:
+        return embeds
+    rows = encoder(absent, word_embeddings)  # a few rows per task: cheap
+    return embeds + 0.0 * sum(row.sum() for row in rows.values()).to(embeds.dtype)
 
 
 def call_with_whole_parameters(module: nn.Module, *args: Any) -> Any:
