@@ -17,6 +17,7 @@ from typing import Any
 from peft_continual.data.records import TaskRecord
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError, UnknownTaskError, allowed
+from peft_continual.evaluation.prepended_prompts import evaluation_view
 from peft_continual.evaluation.report import evaluate_tasks
 from peft_continual.evaluation.tasks import TaskEvaluation, TaskKind
 
@@ -80,6 +81,7 @@ class ValidationAccuracy:
         """Score ``model`` (left in the train/eval mode it had); keys are ``<prefix>_<task>_accuracy`` and more."""
         metrics: dict[str, float] = {}
         accuracies: list[float] = []
+        model = evaluation_view(model)  # PEFT's prompt tuning / p-tuning: the text's logits, prompts in front once
         for mode in ("restricted", "generation"):
             tasks = [t for t in self.tasks if self.mode_of(t) == mode]
             names = {t.taskname for t in tasks}

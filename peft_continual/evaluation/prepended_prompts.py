@@ -26,6 +26,23 @@ from torch import nn
 from peft_continual.errors import PeftContinualError
 from peft_continual.evaluation.restricted import CACHE_ARGUMENT
 
+_NOT_PREPENDED = ("PREFIX_TUNING", "CARTRIDGE")
+"""Prompt-learning methods whose prompts are key/value caches, not embeddings in front of the text."""
+
+
+def prepends_prompts(model: Any) -> bool:
+    """Whether ``model`` is a PEFT model whose active adapter puts prompt embeddings in front of the text
+    (``PROMPT_TUNING``, ``P_TUNING``): the models that evaluation must see through ``PrependedPrompts``."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False)) and str(config.peft_type) not in _NOT_PREPENDED
+
+
+def evaluation_view(model: Any) -> Any:
+    """The model evaluation scores: ``PrependedPrompts(model)`` for PEFT's prompt tuning and p-tuning (their
+    ``forward`` returns the prompt rows' logits too and would put the prompts in front of a cached call again),
+    every other model as it is. ``Trainer``'s periodic evaluation gets the PEFT model itself and goes through here."""
+    return PrependedPrompts(model) if prepends_prompts(model) else model
+
 
 class PrependedPrompts(nn.Module):
     """Evaluation view of a PEFT ``PROMPT_TUNING``/``P_TUNING`` model (see the module docstring).
@@ -37,12 +54,15 @@ class PrependedPrompts(nn.Module):
 
     def __init__(self, peft_model: Any) -> None:
         super().__init__()
-        config = peft_model.active_peft_config
-        if not getattr(config, "is_prompt_learning", False) or str(config.peft_type) in ("PREFIX_TUNING", "CARTRIDGE"):
+        if not prepends_prompts(peft_model):
+            config = getattr(peft_model, "active_peft_config", None)
             raise PeftContinualError(
-                f"PrependedPrompts needs a PEFT prompt-tuning or p-tuning model, got peft_type {config.peft_type}"
+                "PrependedPrompts needs a PEFT prompt-tuning or p-tuning model, got "
+                f"{f'peft_type {config.peft_type}' if config is not None else type(peft_model).__name__}"
             )
+        config = peft_model.active_peft_config
         self.peft_model = peft_model
+        self.training = peft_model.training  # eval_mode restores the wrapped model's own flag
         self.num_virtual_tokens = config.num_virtual_tokens
         self.base_model = peft_model.get_base_model()
         self.config = self.base_model.config  # attention implementation: whether candidate trees can run

@@ -84,3 +84,22 @@ def test_a_model_that_is_not_prompt_learning_is_refused(tiny_llama):
     lora = get_peft_model(tiny_llama, LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"]))
     with pytest.raises(PeftContinualError, match="prompt-tuning or p-tuning"):
         PrependedPrompts(lora)
+
+
+def test_periodic_evaluation_scores_pefts_model_through_the_view_and_leaves_it_training(peft_model, smollm2_tokenizer):
+    """``Trainer`` hands ``ValidationAccuracy`` the PEFT model itself, in training mode: it must score the text's
+    logits (PEFT's forward on a candidate tree's cache crashed: its 2D prompt mask against the tree's 4D mask)."""
+    from peft_continual.evaluation import LabelNormalization, TaskEvaluation, ValidationAccuracy
+    from peft_continual.evaluation.prepended_prompts import evaluation_view
+
+    tokenizer = PromptTokenizer(smollm2_tokenizer, [TEMPLATE])
+    task = TaskEvaluation("sentiment", labels=LabelNormalization(LABELS["sentiment"]))
+    accuracy = ValidationAccuracy(tokenizer, RECORDS, [task], mode="restricted")
+    expected = score_candidates(PrependedPrompts(peft_model), tokenizer, RECORDS, LABELS, batch_size=8, progress=False)
+    peft_model.train()
+    metrics = accuracy(peft_model)
+    assert metrics["eval_sentiment_accuracy"] == pytest.approx(
+        sum(choice.text == record.fields["label"] for choice, record in zip(expected, RECORDS, strict=True)) / 3
+    )
+    assert peft_model.training and peft_model.prompt_encoder.training
+    assert evaluation_view(peft_model.get_base_model()) is peft_model.get_base_model()

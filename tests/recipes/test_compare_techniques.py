@@ -253,3 +253,20 @@ def test_lmbff_trains_on_each_k_shot_split_chooses_on_its_development_records_an
     assert state["best_model_checkpoint"] and state["best_metric"] == max(e["eval_task_accuracy"] for e in evaluations)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [summary["k_shots"] for summary in results["over_k_shots"]] == [["16-13", "16-21"]] * 2
+
+
+@pytest.mark.slow
+def test_every_trained_technique_chooses_its_checkpoint_by_accuracy_on_development_records(
+    tmp_path, tiny_model_dir, shared_data
+):
+    trained = [name for name in WITHOUT_QLORA if name not in ("zero_shot", "few_shot")]
+    rows = run_recipe(tmp_path, tiny_model_dir, tmp_path / "out", shared_data, trained, "--max_steps", "2",
+                      "--validation_records", "4", "--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy",
+                      "steps", "--save_steps", "1", "--load_best_model_at_end", "true", "--metric_for_best_model",
+                      "task_accuracy")  # fmt: skip
+    assert [row.stage for row in rows] == trained
+    for technique in trained:
+        states = list((tmp_path / "out" / technique.replace("+", "_")).glob("**/checkpoint-2/trainer_state.json"))
+        assert len(states) == 1, technique
+        log = json.loads(states[0].read_text())["log_history"]
+        assert [entry["step"] for entry in log if "eval_task_accuracy" in entry] == [1, 2], technique
