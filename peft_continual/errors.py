@@ -58,6 +58,11 @@ class TableMismatchError(PeftContinualError):
     """A prompt table was trained on a different base model than the one it is being loaded into."""
 
 
+class CardMetadataError(PeftContinualError):
+    """A table's model card has metadata the Hub would refuse (``peft_continual.card_metadata``); the message names
+    the file and each field."""
+
+
 def allowed(values: Iterable[str]) -> str:
     """Format a closed set of allowed values for an error message, sorted and quoted."""
     return ", ".join(repr(v) for v in sorted(values)) or "(none)"

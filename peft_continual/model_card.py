@@ -104,7 +104,8 @@ def write_table_card(
     )
     ours = data.to_dict()
     for key, value in (existing.data.to_dict() if existing else {}).items():
-        if key not in ours and key != "model-index":  # the user's own metadata stays
+        # the user's own metadata stays; base_model is ours (PEFT writes the local folder, or '', into the card)
+        if key not in ours and key not in ("model-index", "base_model"):
             setattr(data, key, value)
     user_text = _user_text(existing)
     heading = "## The prompt table" if user_text else f"# {name or Path(folder).name}"
@@ -114,15 +115,21 @@ def write_table_card(
     return card
 
 
+_PEFT_TEMPLATE = "[More Information Needed]"
+"""Marks PEFT's blank card template ("Model Card for Model ID ...")."""
+
 BEGIN, END = "<!-- peft-continual: begin -->", "<!-- peft-continual: end -->"
 """Around the part of the card this library writes: text outside it is the user's and stays on every update."""
 
 
 def _load_card(path: Path) -> ModelCard | None:
+    """The card in the folder, or ``None`` for none or PEFT's blank template (whose metadata, e.g. ``base_model: ''``
+    or a local folder, is PEFT's, not the user's, and the Hub would refuse some of it)."""
     if not path.is_file():
         return None
     try:
-        return ModelCard.load(path)
+        card = ModelCard.load(path)
+        return None if _PEFT_TEMPLATE in card.text else card
     except Exception:  # noqa: BLE001 - a foreign or damaged card is kept as text, never a reason to fail a save
         return ModelCard(path.read_text(encoding="utf-8", errors="replace"), ignore_metadata_errors=True)
 
@@ -134,7 +141,7 @@ def _user_text(card: ModelCard | None) -> str:
     text = card.text
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + text[text.index(END) + len(END) :]
-    if "[More Information Needed]" in text:  # PEFT's template ("Model Card for Model ID ..."), nothing of the user
+    if _PEFT_TEMPLATE in text:  # PEFT's template inside a card that did not parse: nothing of the user
         return ""
     return text.strip()
 

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
+from huggingface_hub import ModelCard
+
+from peft_continual.card_metadata import metadata_problems
+
 
 @dataclass
 class Repository:
@@ -74,8 +78,10 @@ class _Handler(BaseHTTPRequestHandler):
             if not exists:
                 self.hub.repos[repo_id] = self._new_repository()
             return self._json(409 if exists else 200, {"url": f"{self.hub.endpoint}/{repo_id}", "name": repo_id})
-        if path == "/api/validate-yaml":  # the README's metadata: the real Hub checks it against its schema
-            return self._json(200, {"errors": [], "warnings": []})
+        if path == "/api/validate-yaml":  # the README's metadata, by the Hub's documented rules (card_metadata)
+            problems = metadata_problems(ModelCard(json.loads(body)["content"]).data.to_dict())
+            errors = [{"message": problem} for problem in problems]
+            return self._json(400 if problems else 200, {"errors": errors, "warnings": []})
         parts = path.split("/")  # /api/models/{org}/{name}/{action}/{revision}
         if len(parts) >= 6 and parts[1:3] == ["api", "models"]:
             repo_id, action, revision = f"{parts[3]}/{parts[4]}", parts[5], "/".join(parts[6:])

@@ -38,10 +38,12 @@ def served(model, rows):
 
 def run(step: str, hub: HubStandIn, home: Path, **env: str) -> dict:
     environment = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home), "HF_TOKEN": "hf_stand_in",
-                   "HF_HUB_DISABLE_TELEMETRY": "1", **env}  # fmt: skip
+                   "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT), **env}  # fmt: skip
     environment.pop("HF_HUB_OFFLINE", None) if "HF_HUB_OFFLINE" not in env else None
     code = PRELUDE + textwrap.dedent(step) + "\nprint('RESULT ' + json.dumps(result))\n"
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+    work = home.parent / "work"  # the steps' own files (saved tables), never in the checkout
+    work.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, "-c", code], cwd=work, env=environment, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -134,3 +136,38 @@ except Exception as error:
     result = f"{{type(error).__name__}}: {{error}}"
 """, hub, home)  # fmt: skip
             assert message.startswith(f"AdapterFileError: {expected}"), message
+
+
+def test_the_card_validates_and_a_licence_the_hub_refuses_stops_a_push_before_any_request(tmp_path):
+    home = tmp_path / "hf_home"
+    with HubStandIn() as hub:
+        run(PUSH_ROUND_1, hub, home)
+        bad_card = (
+            hub.files("team/table")["README.md"]
+            .decode()
+            .replace("library_name: peft", "license: MIT\nlibrary_name: peft")
+        )
+        checked = run(f"""
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+ModelCard.load(hf_hub_download("team/table", "README.md")).validate()  # the client's check, at /api/validate-yaml
+try:  # the Hub refuses such a card from any client
+    HfApi().upload_file(path_or_fileobj={bad_card.encode()!r}, path_in_repo="README.md", repo_id="team/table")
+    result = "uploaded"
+except ValueError as error:
+    result = str(error)
+""", hub, home)  # fmt: skip
+        assert checked.startswith("Invalid metadata in README.md") and "license: 'MIT'" in checked
+        before = list(hub.requests)
+        refused = run(f"""
+from peft_continual.tuners.continual_prompt._peft_compat_hub import upload_table_folder
+model = make_peft_model(templates=[TEMPLATE_A], taskname_token_ids=dict(TASKNAME_IDS))
+model.save_pretrained("table")
+open("table/README.md", "w").write({bad_card!r})  # the owner's edit of a round's folder, which the recipe pushes
+try:
+    upload_table_folder("table", "team/table", commit_message="round 2")
+    result = "pushed"
+except Exception as error:
+    result = f"{{type(error).__name__}}: {{error}}"
+""", hub, home)  # fmt: skip
+        assert refused.startswith("CardMetadataError: ") and "license: 'MIT' is not a Hub licence identifier" in refused
+        assert hub.requests == before  # stopped before the first request

@@ -25,6 +25,7 @@ from peft import PeftModel
 from peft.config import PeftConfigMixin
 from peft.utils import CONFIG_NAME
 
+from peft_continual.card_metadata import check_card_metadata
 from peft_continual.errors import AdapterFileError
 from peft_continual.model_card import write_table_card
 from peft_continual.tuners.continual_prompt._peft_compat import _ORIGINAL, PeftTunerBase, _peft_method
@@ -108,15 +109,24 @@ def upload_table_folder(
 ) -> Any:
     """Upload a saved table folder as one commit: the repository (and the branch ``revision``) created when
     missing; ``before_upload(api, repo_id)`` may still write into the folder. Returns huggingface_hub's
-    ``CommitInfo``."""
+    ``CommitInfo``.
+
+    The card's metadata is checked as the Hub checks it (``check_card_metadata``) before the repository is created
+    and again after ``before_upload`` merged the Hub's card in: a field the Hub would refuse stops the push before
+    any file is uploaded (``CardMetadataError`` naming it)."""
     from huggingface_hub import HfApi
 
+    card = Path(folder) / "README.md"
+    if card.is_file():
+        check_card_metadata(card)
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and not create_pr:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     if before_upload is not None:
         before_upload(api, repo_id)
+        if card.is_file():
+            check_card_metadata(card)
     return api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
