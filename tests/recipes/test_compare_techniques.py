@@ -270,3 +270,15 @@ def test_every_trained_technique_chooses_its_checkpoint_by_accuracy_on_developme
         assert len(states) == 1, technique
         log = json.loads(states[0].read_text())["log_history"]
         assert [entry["step"] for entry in log if "eval_task_accuracy" in entry] == [1, 2], technique
+
+
+@pytest.mark.slow
+def test_every_recipe_runs_on_the_embedded_smollm2_from_its_own_config(tmp_path, embedded_model_dir, shared_data):
+    """The comparison's config as it is (every run's config, the embedded model, the real task file), cut to two steps
+    and four test records: each recipe loads, trains, evaluates and saves on the real model, QLoRA's 4-bit base too."""
+    flags = ["--config", str(CONFIG), "--data_dir", str(shared_data), "--output_dir", str(tmp_path / "out"),
+             "--seeds", "0", "--max_steps", "2", "--max_eval_records", "4", "--disable_tqdm", "true"]  # fmt: skip
+    rows = RECIPE["main"](*parse_and_pass_on(RECIPE["ARGUMENTS"], flags))
+    assert sorted(row.stage for row in rows) == sorted(RUNS)  # in the config's order
+    assert all(row.task == "sentiment" and row.examples == 4 and row.base_parameters > 134_000_000 for row in rows)
+    assert all(row.trainable_parameters > 0 for row in rows if row.stage not in ("zero_shot", "few_shot"))
