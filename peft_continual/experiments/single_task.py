@@ -22,6 +22,7 @@ from torch import nn
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.report import TaskResult
+from peft_continual.experiments.cli import BASE_MODEL_ID_HELP
 from peft_continual.experiments.folds import fold_split, stratum
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
 from peft_continual.experiments.run_settings import check_run_settings, training_settings
@@ -59,12 +60,7 @@ class SingleTaskArguments:
                   "initialisation and batch order)."},
     )  # fmt: skip
     model: str = field(default="embedded", metadata={"help": "`embedded` (SmolLM2-135M), a Hub id or a folder."})
-    base_model_id: str | None = field(
-        default=None,
-        metadata={"help": "The Hub id that --model (a local folder) is a copy of: saved adapters and tables record it "
-                  "as their base, so another machine finds the model; None: the model's own name (`embedded` for the "
-                  "embedded model)."},
-    )  # fmt: skip
+    base_model_id: str | None = field(default=None, metadata={"help": BASE_MODEL_ID_HELP})
     bits: int | None = field(
         default=None, metadata={"help": "Quantize the base with bitsandbytes: 4 (nf4, QLoRA) or 8 (LLM.int8)."}
     )
