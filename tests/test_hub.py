@@ -171,3 +171,43 @@ except Exception as error:
 """, hub, home)  # fmt: skip
         assert refused.startswith("CardMetadataError: ") and "license: 'MIT' is not a Hub licence identifier" in refused
         assert hub.requests == before  # stopped before the first request
+
+
+def test_a_table_of_the_embedded_model_loads_by_repo_id_with_auto_peft_model_on_another_machine(
+    tmp_path, tiny_model_dir
+):
+    """The table names its base `embedded`; on the second machine (another Hub cache, its own embedded-model cache:
+    a tiny model with the provenance entry stands in) AutoPeftModelForCausalLM resolves it and serves the same."""
+    import shutil
+
+    from peft_continual.models import embedded
+
+    caches = []
+    for machine in ("one", "two"):
+        folder = tmp_path / machine / "cache" / embedded.CACHE_SUBDIR
+        shutil.copytree(tiny_model_dir, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config[embedded.PROVENANCE_KEY] = embedded._gguf_facts(None)
+        (folder / "config.json").write_text(json.dumps(config))
+        caches.append(str(folder.parent))
+    with HubStandIn() as hub:
+        pushed = run("""
+from peft import get_peft_model
+from peft_continual import ContinualPromptConfig
+from peft_continual.models import load_base_model
+config = ContinualPromptConfig(templates=[TEMPLATE_A], taskname_token_ids={"sentiment": [10, 11]})
+model = get_peft_model(load_base_model("embedded")[0], config)
+model.freeze_tasks()
+model.push_to_hub("team/embedded-table")
+result = served(model, [("sentiment", [4, [5, 6]])])
+""", hub, tmp_path / "one" / "hf_home", PEFT_CONTINUAL_CACHE=caches[0])  # fmt: skip
+        assert (
+            json.loads(hub.files("team/embedded-table")["adapter_config.json"])["base_model_name_or_path"] == "embedded"
+        )
+        loaded = run("""
+from peft import AutoPeftModelForCausalLM
+model = AutoPeftModelForCausalLM.from_pretrained("team/embedded-table")
+assert model.peft_config["default"].base_model_name_or_path.endswith("smollm2-135m-instruct")
+result = served(model, [("sentiment", [4, [5, 6]])])
+""", hub, tmp_path / "two" / "hf_home", PEFT_CONTINUAL_CACHE=caches[1])  # fmt: skip
+        assert loaded == pushed
