@@ -173,7 +173,7 @@ def main(recipe: ContinualArguments, training: ContinualTrainingArguments) -> li
         write_round_card(round_dir, model.peft_config["default"], evaluated, trained_in,
                          {"learning_rate": training.learning_rate, "steps": recipe.round_max_steps[number - 1],
                           "batch_size": training.per_device_train_batch_size, "encoder_type": recipe.encoder_type,
-                          "precision": training.precision_choice.precision.value})  # fmt: skip
+                          "precision": training.precision_choice.precision.value}, recipe)  # fmt: skip
         if training.push_to_hub:  # 8b the table and its card, one commit per round (--hub_model_id)
             push_table(round_dir / "table", training, f"Round {number}: {', '.join(names)}")
         progress.clock.lap(f"round {number} evaluation")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_continual._io import write_atomic
+from peft_continual.card_metadata import metadata_problems
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.evaluation.report import TaskResult
@@ -82,6 +83,15 @@ class ContinualArguments:
             "(peft_continual.experiments.frozen_recheck); None: re-evaluate all."
         },
     )
+    card_license: str | None = field(
+        default=None, metadata={"help": "The tables' licence in their cards, a Hub identifier (e.g. apache-2.0)."}
+    )
+    card_datasets: list[str] = field(
+        default_factory=list, metadata={"help": "Hub ids of the data sets the tasks were trained on, for the cards."}
+    )
+    card_languages: list[str] = field(
+        default_factory=list, metadata={"help": "ISO 639 codes of the tasks' languages (e.g. en nb), for the cards."}
+    )
 
 
 TRAINING_SETTINGS = (
@@ -111,13 +121,30 @@ def check_arguments(arguments: ContinualArguments, training: Any, rounds: Sequen
     best = training.metric_for_best_model or "loss"
     if arguments.validation_accuracy == "none" and ("accuracy" in best or "slot_f1" in best):
         raise ConfigError(f"--metric_for_best_model {best} needs --validation_accuracy auto (or generation/restricted)")
+    card = {
+        "license": arguments.card_license,
+        "datasets": arguments.card_datasets,
+        "language": arguments.card_languages,
+    }
+    problems = metadata_problems({key: value for key, value in card.items() if value})
+    if problems:  # the Hub would refuse the cards: say so now, not at the first push
+        raise ConfigError("--card_license/--card_datasets/--card_languages: " + "; ".join(problems))
 
 
 def run_settings(specs: Sequence[TaskSpec], arguments: ContinualArguments, training: Any) -> dict[str, Any]:
     """What decides the tables and the result rows of a run: a rerun in the same output folder must match them.
     Left out: where the data is, how fast evaluation runs, whether the few-shot rows are (still) wanted; the task
     file counts by its content, not its path."""
-    left_out = {"data_dir", "eval_batch_size", "fewshot", "tasks", "recheck_records"}
+    left_out = {
+        "data_dir",
+        "eval_batch_size",
+        "fewshot",
+        "tasks",
+        "recheck_records",
+        "card_license",
+        "card_datasets",
+        "card_languages",
+    }
     return {
         "tasks": {spec.taskname: asdict(spec) for spec in specs},
         **{name: value for name, value in asdict(arguments).items() if name not in left_out},
@@ -208,9 +235,12 @@ def _write_predictions(path: Path, predictions: Mapping[str, list]) -> None:
 
 @main_process_only
 def write_round_card(round_dir: Path, config: Any, rows: Sequence[ResultRow], trained_in: Mapping[str, int],
-                     training: Mapping[str, Any]) -> None:  # fmt: skip
-    """The table's README.md (``peft_continual.model_card``): its tasks, their rounds, these results, the settings."""
-    write_table_card(round_dir / "table", config, results=rows, rounds=trained_in, training=training)
+                     training: Mapping[str, Any], arguments: ContinualArguments) -> None:  # fmt: skip
+    """The table's README.md (``peft_continual.model_card``): its tasks, their rounds, these results, the settings,
+    and the licence, data sets and languages the user gave."""
+    write_table_card(round_dir / "table", config, results=rows, rounds=trained_in, training=training,
+                     license=arguments.card_license, datasets=arguments.card_datasets,
+                     languages=arguments.card_languages)  # fmt: skip
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 from transformers import Trainer
 
+from peft_continual.card_metadata import check_card_metadata
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.cli import parse_config_and_flags
 from peft_continual.machine import cpu_bf16_support
@@ -76,7 +77,8 @@ def run_recipe(tmp_path, model_dir, output_dir, data_dir, *extra_flags):
 def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, tiny_model_dir, shared_data):
     output_dir = tmp_path / "out"
     rows = run_recipe(tmp_path, tiny_model_dir, output_dir, shared_data, "--recheck_records", "3",
-                      "--base_model_id", "my-org/tiny-llama")  # fmt: skip
+                      "--base_model_id", "my-org/tiny-llama", "--card_license", "apache-2.0", "--card_languages", "en",
+                      "nb", "--card_datasets", "takala/financial_phrasebank")  # fmt: skip
     assert [(r.task, r.stage) for r in rows] == [
         ("sentiment", "few-shot"),
         ("intent_and_slot", "few-shot"),
@@ -97,7 +99,11 @@ def test_recipe_writes_results_and_keeps_round_1_tasks_bit_identical(tmp_path, t
         assert after.examples == 4
     saved = json.loads((output_dir / "round_2" / "table" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "my-org/tiny-llama"  # --base_model_id, not the local folder
-    card = ModelCard.load(output_dir / "round_2" / "table" / "README.md").data.to_dict()["peft_continual"]
+    check_card_metadata(output_dir / "round_2" / "table" / "README.md")  # the Hub's checks, before any push
+    metadata = ModelCard.load(output_dir / "round_2" / "table" / "README.md").data.to_dict()
+    assert (metadata["license"], metadata["language"], metadata["base_model"]) == ("apache-2.0", ["en", "nb"],
+                                                                                  "my-org/tiny-llama")  # fmt: skip
+    card = metadata["peft_continual"]
     assert {name: task["round"] for name, task in card["tasks"].items()} == {
         "sentiment": 1, "intent_and_slot": 1, "sentiment_no": 2
     }  # fmt: skip
@@ -171,6 +177,16 @@ def test_an_accuracy_metric_without_validation_accuracy_stops_before_any_work(tm
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
     with pytest.raises(ConfigError, match="--validation_accuracy must be one of none, auto, generation, restricted"):
         RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], [*flags, "--validation_accuracy", "autoo"]))
+    assert not (tmp_path / "out").exists()
+
+
+def test_card_metadata_the_hub_would_refuse_stops_before_any_work(tmp_path):
+    flags = ["--config", str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m.yaml")]
+    flags += ["--output_dir", str(tmp_path / "out"), "--card_license", "Apache 2.0", "--card_languages", "english"]
+    with pytest.raises(ConfigError) as refused:
+        RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags))
+    assert "license: 'Apache 2.0' is not a Hub licence identifier" in str(refused.value)
+    assert "language: 'english' is not an ISO 639 code" in str(refused.value)
     assert not (tmp_path / "out").exists()
 
 
