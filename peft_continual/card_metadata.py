@@ -18,9 +18,9 @@ Checked offline only: this machine cannot reach the Hub, so the live ``validate-
 Hub stand-in (``tests/hub_stand_in.py``) answers it with these rules.
 
 Examples:
-    >>> metadata_problems({"license": "MIT", "base_model": "/home/me/model"})  # doctest: +NORMALIZE_WHITESPACE
+    >>> metadata_problems({"license": "MIT", "base_model": "../models/my-model"})  # doctest: +NORMALIZE_WHITESPACE
     ["license: 'MIT' is not a Hub licence identifier (e.g. 'mit', 'apache-2.0', 'cc-by-4.0'; or 'other' with
-      license_name)", "base_model: '/home/me/model' is not a Hub model id (a local path means nothing on the Hub)"]
+      license_name)", "base_model: '../models/my-model' is not a Hub model id (a local path means nothing on the Hub)"]
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def test_a_tables_card_with_results_and_the_owners_metadata_is_valid(tmp_path):
         ("license", "MIT", "license: 'MIT' is not a Hub licence identifier"),
         ("license", "other", "license: 'other' needs license_name"),
         ("datasets", ["../data/financial_phrasebank"], "datasets: '../data/financial_phrasebank' is not a Hub dataset"),
-        ("base_model", "/root/.cache/peft_continual/smollm2-135m-instruct", "a local path means nothing on the Hub"),
+        ("base_model", "../models/smollm2-135m-instruct", "a local path means nothing on the Hub"),
         ("language", ["english"], "language: 'english' is not an ISO 639 code"),
         ("tags", "p-tuning", None),  # one string is allowed
         ("tags", [1, 2], "tags: [1, 2] is not a string or a list of strings"),
