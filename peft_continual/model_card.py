@@ -26,7 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from peft_continual._io import write_atomic
-from peft_continual.models import EMBEDDED, local_base_name, portable_name
+from peft_continual.models import EMBEDDED, portable_name
 from peft_continual.models.embedded import DERIVED_FROM, provenance
 from peft_continual.version import __version__
 
@@ -269,7 +269,7 @@ def _body(config: Any, tasks: Mapping, scores: Mapping, settings: Mapping, base:
     lines.append(f"`{base}`" if base else "A local model (no Hub id was recorded).")
     recorded = getattr(config, "base_model_name_or_path", None)
     if portable_name(recorded) == EMBEDDED:
-        lines.append(_embedded_note(provenance(local_base_name(recorded) or "") or {}))
+        lines.append(_embedded_note(provenance(recorded or "") or {}))  # the config resolved `embedded` already
     if fingerprint:
         lines += [
             "",
