@@ -256,6 +256,31 @@ class ContinualPromptConfig(PeftConfig):
         """Task name -> ``total_virtual_tokens``, for every task of the config."""
         return {t["taskname"]: t["total_virtual_tokens"] for t in self.templates}
 
+    def follow_table_change(self, event: str, taskname: str, new_name: str | None) -> None:
+        """Keep ``frozen_tasks``, ``training_tasks``, ``templates`` and ``taskname_token_ids`` in step with the prompt
+        table (its listener): ``event`` is ``add``, ``remove`` or ``rename`` (to ``new_name``)."""
+        counts = self.token_counts()
+        if event == "add":
+            if taskname not in counts:
+                raise ConfigError(f"task {taskname!r} has no template in the config; add_tasks([template]) first")
+            self.frozen_tasks[taskname] = counts[taskname]
+            self.training_tasks = [name for name in self.training_tasks if name != taskname]
+        elif event == "remove":
+            del self.frozen_tasks[taskname]
+            self.templates = [t for t in self.templates if t["taskname"] != taskname]
+            self.taskname_token_ids.pop(taskname, None)
+        else:
+            if new_name in counts:
+                raise DuplicateTaskError(
+                    f"cannot rename {taskname!r} to {new_name!r}: the adapter already has that task"
+                )
+            self.frozen_tasks = {new_name if k == taskname else k: v for k, v in self.frozen_tasks.items()}
+            for template in self.templates:
+                if template["taskname"] == taskname:
+                    template["taskname"] = new_name
+            if taskname in self.taskname_token_ids:
+                self.taskname_token_ids[new_name] = self.taskname_token_ids.pop(taskname)
+
     # ------------------------------------------------------------------ token ids
     def tokenize_tasknames(self, tokenizer: Any) -> ContinualPromptConfig:
         """Fill ``taskname_token_ids`` (``lstm``/``mlp``) and ``init_token_ids`` of the tasks in training with

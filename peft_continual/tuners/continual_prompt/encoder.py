@@ -22,12 +22,14 @@ hardware (oneDNN: "could not create a primitive descriptor for the LSTM forward 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from peft_continual.tuners.continual_prompt.config import EncoderType
+from peft_continual.tuners.continual_prompt.config import EncoderType, PromptInit
 from peft_continual.tuners.continual_prompt.table import task_key
 
 
@@ -111,6 +113,26 @@ class TaskPromptEncoder(nn.Module):
             nn.init.zeros_(self.head[-1].weight)  # the correction is zero at the start (the head ends in a Linear)
             nn.init.zeros_(self.head[-1].bias)
 
+    @classmethod
+    def from_config(cls, config: Any, counts: Mapping[str, int], word_embeddings: nn.Module) -> TaskPromptEncoder:
+        """The encoder a ``ContinualPromptConfig`` asks for, for the tasks of ``counts``, on the base model's
+        ``word_embeddings`` (its init texts' rows and its scale); token ids must be resolved already."""
+        embedding = config.encoder_type == EncoderType.EMBEDDING
+        text_init = config.prompt_init == PromptInit.TEXT
+        start = text_start_rows(word_embeddings, config.init_token_ids, counts) if text_init or embedding else None
+        return cls(
+            config.token_dim,
+            counts,
+            config.taskname_token_ids,
+            config.encoder_type,
+            hidden_size=config.encoder_hidden_size,
+            num_layers=config.encoder_num_layers,
+            dropout=config.encoder_dropout,
+            init_rows=start if embedding else None,
+            start_rows=start if text_init and not embedding else None,
+            input_std=float(word_embeddings.weight.detach().float().std()) if text_init and not embedding else None,
+        )
+
     @property
     def tasks(self) -> tuple[str, ...]:
         """The tasks this encoder trains."""
@@ -171,3 +193,22 @@ def _mlp(token_dim: int, hidden_size: int, num_layers: int, dropout: float) -> n
         if i < num_layers - 1:
             layers += [nn.ReLU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
+
+
+def text_start_rows(
+    word_embeddings: nn.Module, init_token_ids: Mapping[str, Sequence[int]], counts: Mapping[str, int]
+) -> dict[str, torch.Tensor]:
+    """Task name -> ``(n_T, D)`` float32 embeddings of its init text's tokens, repeated to ``n_T`` (PEFT's TEXT init
+    of prompt tuning); a task without init ids (``prompt_init="random"``, prompt tuning only) gets random vocabulary
+    tokens'."""
+    weight = word_embeddings.weight
+    rows = {}
+    for name, count in counts.items():
+        ids = init_token_ids.get(name)
+        if ids:
+            ids_tensor = torch.tensor((list(ids) * math.ceil(count / len(ids)))[:count], device=weight.device)
+        else:
+            ids_tensor = torch.randint(weight.shape[0], (count,), device=weight.device)
+        with torch.no_grad():
+            rows[name] = word_embeddings(ids_tensor).float()
+    return rows

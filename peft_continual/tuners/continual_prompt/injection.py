@@ -19,6 +19,28 @@ import torch
 from peft_continual.errors import RecordError, UnknownTaskError, allowed
 
 
+def check_prompt_batch(
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    virtual_token_mask: torch.Tensor | None,
+    tasknames: Sequence[str] | None,
+) -> None:
+    """Refuse a batch that cannot carry prompts: a mask without task names (or the reverse), no inputs, or
+    ``tasknames`` that is not one name per row.
+
+    Raises:
+        RecordError: naming what is missing or wrong.
+    """
+    if virtual_token_mask is None or tasknames is None:
+        given = "virtual_token_mask" if tasknames is None else "tasknames"
+        raise RecordError(f"batch has {given} but not {'tasknames' if tasknames is None else 'virtual_token_mask'}")
+    if inputs_embeds is None and input_ids is None:
+        raise RecordError("batch has neither input_ids nor inputs_embeds")
+    if isinstance(tasknames, str) or not all(isinstance(name, str) for name in tasknames):
+        hint = f"; for one task in every row write [{tasknames!r}] * batch_size" if isinstance(tasknames, str) else ""
+        raise RecordError(f"tasknames must be a list of task names, one per row, got {tasknames!r}{hint}")
+
+
 def inject_prompts(
     inputs_embeds: torch.Tensor,
     virtual_token_mask: torch.Tensor,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,24 +22,25 @@ import torch
 from torch import nn
 
 from peft_continual.data.templates import TaskTemplate, check_unique_tasknames
-from peft_continual.errors import ConfigError, DuplicateTaskError, RecordError, UnknownTaskError, allowed
-from peft_continual.tuners.continual_prompt import _peft_compat as compat
+from peft_continual.errors import ConfigError, RecordError, UnknownTaskError, allowed
 from peft_continual.tuners.continual_prompt._peft_compat import ENCODER_ATTR, TABLE_ATTR, PeftTunerBase
 from peft_continual.tuners.continual_prompt.config import (
     ContinualPromptConfig,
-    EncoderType,
-    PromptInit,
     default_encoder_hidden_size,
 )
 from peft_continual.tuners.continual_prompt.encoder import TaskPromptEncoder
 from peft_continual.tuners.continual_prompt.fingerprint import check_fingerprint, fingerprint, name_or_path
-from peft_continual.tuners.continual_prompt.injection import inject_prompts
+from peft_continual.tuners.continual_prompt.injection import check_prompt_batch, inject_prompts
 from peft_continual.tuners.continual_prompt.sharded import (
     call_with_whole_parameters,
     whole_embedding,
     with_absent_tasks_in_the_graph,
 )
-from peft_continual.tuners.continual_prompt.stacked import PER_ROW_TYPES, stacked_configs
+from peft_continual.tuners.continual_prompt.stacked import (
+    StackedAdapters,
+    check_prompt_adapter,
+    check_stacked_names,
+)
 from peft_continual.tuners.continual_prompt.table import PromptTable
 
 
@@ -72,16 +72,14 @@ class ContinualPromptModel(PeftTunerBase):
         {'sentiment': 4}
     """
 
-    _stacked_tuner: Any = None  # PEFT's LoraModel/IA3Model on the same base model (unregistered: see ``stacked``)
-    _stacked_owner: str | None = None
+    _stacked: StackedAdapters | None = None  # PEFT's LoraModel/IA3Model on the same base model (see ``stacked``)
     _prompts_enabled: bool = True
-    _stacked_enabled: bool = True
 
     # ------------------------------------------------------------------ building
     def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
         """Check or record the base fingerprint, build the table (from config), the open round's encoder, the stacked
         LoRA/IA3 adapters."""
-        self._check_stacked(adapter_name, config)
+        check_prompt_adapter(adapter_name, config, self._stacked, list(self.peft_config))
         if config.base_model_fingerprint is not None:
             check_fingerprint(config.base_model_fingerprint, self.model)
         else:
@@ -93,51 +91,26 @@ class ContinualPromptModel(PeftTunerBase):
         # adapter_config.json sorts dict keys; template order is the order in which tasks were added
         frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
         table = PromptTable(config.token_dim, frozen).to(weight.device)
-        table.add_listener(functools.partial(self._on_table_change, adapter_name))
+        table.add_listener(functools.partial(self._follow_table_change, adapter_name))
         getattr(self, TABLE_ATTR)[adapter_name] = table
         if config.training_tasks:
             self._build_encoder(adapter_name, config)
-        self._build_stacked(adapter_name, config)
+        if config.stacked_adapters:
+            self._stacked = StackedAdapters.build(self.model, adapter_name, config)
+            self._stacked.sync(self._adapters_enabled)
 
     def _build_encoder(self, adapter_name: str, config: ContinualPromptConfig, tokenizer: Any = None) -> None:
         config.resolve_token_ids(name_or_path(self.model), tokenizer)
         all_counts = config.token_counts()
         counts = {name: all_counts[name] for name in config.training_tasks}
-        embedding = config.encoder_type == EncoderType.EMBEDDING
-        text_init = config.prompt_init == PromptInit.TEXT
-        start = self._start_rows(config, counts) if text_init or embedding else None
         weight = self._word_embeddings().weight
-        encoder = TaskPromptEncoder(
-            config.token_dim,
-            counts,
-            config.taskname_token_ids,
-            config.encoder_type,
-            hidden_size=config.encoder_hidden_size,
-            num_layers=config.encoder_num_layers,
-            dropout=config.encoder_dropout,
-            init_rows=start if embedding else None,
-            start_rows=start if text_init and not embedding else None,
-            input_std=float(weight.detach().float().std()) if text_init and not embedding else None,
-        )
+        encoder = TaskPromptEncoder.from_config(config, counts, self._word_embeddings())
         encoder.to(weight.device)
         encoder.requires_grad_(not config.inference_mode)
         getattr(self, ENCODER_ATTR)[adapter_name] = encoder
 
-    def _start_rows(self, config: ContinualPromptConfig, counts: dict[str, int]) -> dict[str, torch.Tensor]:
-        """Task name -> ``(n_T, D)`` embeddings of its init text's tokens, repeated to ``n_T`` (PEFT's TEXT init of
-        prompt tuning); with ``prompt_init="random"`` (prompt tuning only), of random vocabulary tokens."""
-        embeddings = self._word_embeddings()
-        device = embeddings.weight.device
-        rows = {}
-        for name, count in counts.items():
-            ids = config.init_token_ids.get(name)
-            if ids:
-                ids_tensor = torch.tensor((ids * math.ceil(count / len(ids)))[:count], device=device)
-            else:
-                ids_tensor = torch.randint(embeddings.weight.shape[0], (count,), device=device)
-            with torch.no_grad():
-                rows[name] = embeddings(ids_tensor).float()
-        return rows
+    def _follow_table_change(self, adapter_name: str, *event: Any) -> None:
+        self.peft_config[adapter_name].follow_table_change(*event)  # the config PEFT holds now, not the one built
 
     # ------------------------------------------------------------------ state
     @property
@@ -240,22 +213,9 @@ class ContinualPromptModel(PeftTunerBase):
         """``(B, L, D)`` input embeddings with prompts injected; ``inputs_embeds`` unchanged without virtual tokens."""
         if virtual_token_mask is None and tasknames is None:
             return inputs_embeds
-        if virtual_token_mask is None or tasknames is None:
-            given = "virtual_token_mask" if tasknames is None else "tasknames"
-            raise RecordError(f"batch has {given} but not {'tasknames' if tasknames is None else 'virtual_token_mask'}")
+        check_prompt_batch(input_ids, inputs_embeds, virtual_token_mask, tasknames)
         if inputs_embeds is None:
-            if input_ids is None:
-                raise RecordError("batch has neither input_ids nor inputs_embeds")
             inputs_embeds = self._word_embeddings()(input_ids)
-        if isinstance(tasknames, str) or not all(isinstance(name, str) for name in tasknames):
-            raise RecordError(
-                f"tasknames must be a list of task names, one per row, got {tasknames!r}"
-                + (
-                    f"; for one task in every row write [{tasknames!r}] * batch_size"
-                    if isinstance(tasknames, str)
-                    else ""
-                )
-            )
         if not self._prompts_active:
             return inputs_embeds
         tasknames = list(tasknames)
@@ -313,41 +273,16 @@ class ContinualPromptModel(PeftTunerBase):
             config.templates, config.training_tasks, config.inference_mode = saved
             raise
 
-    def _on_table_change(self, adapter_name: str, event: str, taskname: str, new_name: str | None) -> None:
-        """Keep ``frozen_tasks``, ``training_tasks``, ``templates`` and ``taskname_token_ids`` in step with the table."""
-        config = self.peft_config[adapter_name]
-        counts = config.token_counts()
-        if event == "add":
-            if taskname not in counts:
-                raise ConfigError(f"task {taskname!r} has no template in the config; add_tasks([template]) first")
-            config.frozen_tasks[taskname] = counts[taskname]
-            config.training_tasks = [name for name in config.training_tasks if name != taskname]
-        elif event == "remove":
-            del config.frozen_tasks[taskname]
-            config.templates = [t for t in config.templates if t["taskname"] != taskname]
-            config.taskname_token_ids.pop(taskname, None)
-        else:
-            if new_name in counts:
-                raise DuplicateTaskError(
-                    f"cannot rename {taskname!r} to {new_name!r}: the adapter already has that task"
-                )
-            config.frozen_tasks = {new_name if k == taskname else k: v for k, v in config.frozen_tasks.items()}
-            for template in config.templates:
-                if template["taskname"] == taskname:
-                    template["taskname"] = new_name
-            if taskname in config.taskname_token_ids:
-                config.taskname_token_ids[new_name] = config.taskname_token_ids.pop(taskname)
-
-    # ------------------------------------------------------------------ inspect
+    # ------------------------------------------------------------------ stacked LoRA/IA3 (``stacked``)
     @property
     def stacked_tuner(self) -> Any:
         """PEFT's tuner of the stacked adapters (``LoraModel``/``IA3Model``), or ``None``."""
-        return self._stacked_tuner
+        return self._stacked.tuner if self._stacked else None
 
     @property
     def stacked_adapter_names(self) -> tuple[str, ...]:
         """Names of the stacked adapters, in config order (the names of ``adapter_names=[...]``)."""
-        return tuple(self.peft_config[self._stacked_owner].stacked_adapters) if self._stacked_tuner else ()
+        return self._stacked.names if self._stacked else ()
 
     def prompt_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the open rounds' encoders (every prompt adapter), trainable or not."""
@@ -356,44 +291,12 @@ class ContinualPromptModel(PeftTunerBase):
 
     def stacked_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the stacked adapters' layers, trainable or not."""
-        if self._stacked_tuner is not None:
-            yield from compat.stacked_parameters(self.model, self.stacked_adapter_names)
+        if self._stacked:
+            yield from self._stacked.parameters()
 
     @property
     def _prompts_active(self) -> bool:
         return self._adapters_enabled and self._prompts_enabled
-
-    # ------------------------------------------------------------------ build
-    def _check_stacked(self, adapter_name: str, config: Any) -> None:
-        """Refuse a prompt adapter that clashes with the stacked adapters (before anything of it is built)."""
-        if adapter_name in self.stacked_adapter_names:
-            raise ConfigError(f"prompt adapter {adapter_name!r} has the name of a stacked adapter; rename one")
-        if config.stacked_adapters and self._stacked_tuner is not None:
-            raise ConfigError(
-                f"prompt adapter {adapter_name!r} declares stacked adapters {list(config.stacked_adapters)}, but "
-                f"{self._stacked_owner!r} already stacks {list(self.stacked_adapter_names)}; one adapter may stack"
-            )
-        clash = sorted(set(config.stacked_adapters) & set(self.peft_config))
-        if clash:
-            raise ConfigError(f"stacked adapter name(s) {clash} are prompt adapter names; rename them")
-
-    def _build_stacked(self, adapter_name: str, config: Any) -> None:
-        """Inject ``config.stacked_adapters`` into the base model with PEFT's own tuner (after the prompts are built)."""
-        if not config.stacked_adapters:
-            return
-        configs = stacked_configs(config.stacked_adapters, config.inference_mode)
-        try:
-            tuner = compat.build_stacked_tuner(self.model, configs)
-        except (TypeError, ValueError) as error:  # values PEFT's config accepts but its layers do not (e.g. r="8")
-            if isinstance(error, ConfigError):
-                raise
-            raise ConfigError(
-                f"stacked adapter(s) {allowed(configs)}: PEFT cannot build them on this model: {error}"
-            ) from error
-        tuner.set_adapter(config.active_stacked_adapters, inference_mode=config.inference_mode)
-        object.__setattr__(self, "_stacked_tuner", tuner)
-        self._stacked_owner = adapter_name
-        self._sync_stacked()
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
         """Build a prompt adapter (it freezes the base model, and with it any stacked layer: their flags are kept)."""
@@ -404,18 +307,14 @@ class ContinualPromptModel(PeftTunerBase):
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """PEFT's cast of LoRA/IA3 weights to float32 on a 16-bit base (what ``PeftModel`` does for LoRA alone)."""
-        if self._stacked_tuner is not None and adapter_name == self._stacked_owner:
-            compat.cast_stacked_dtype(self._stacked_tuner, self.stacked_adapter_names, autocast_adapter_dtype)
+        if self._stacked and adapter_name == self._stacked.owner:
+            self._stacked.cast_dtype(autocast_adapter_dtype)
 
-    # ------------------------------------------------------------------ switches
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         """The master switch (``disable_adapter()``, ``disable_adapter_layers()``): prompts and stacked adapters."""
         super()._enable_adapter_layers(enabled)
-        self._sync_stacked()
-
-    def _sync_stacked(self) -> None:
-        if self._stacked_tuner is not None:
-            compat.enable_stacked(self._stacked_tuner, self._adapters_enabled and self._stacked_enabled)
+        if self._stacked:
+            self._stacked.sync(self._adapters_enabled)
 
     @contextlib.contextmanager
     def disable_prompts(self) -> Iterator[None]:
@@ -437,15 +336,15 @@ class ContinualPromptModel(PeftTunerBase):
         Raises:
             ConfigError: the model has no stacked adapters.
         """
-        self._require_stacked("disable_stacked_adapters()")
-        was = self._stacked_enabled
-        self._stacked_enabled = False
-        self._sync_stacked()
+        stacked = self._require_stacked("disable_stacked_adapters()")
+        was = stacked.enabled
+        stacked.enabled = False
+        stacked.sync(self._adapters_enabled)
         try:
             yield
         finally:
-            self._stacked_enabled = was
-            self._sync_stacked()
+            stacked.enabled = was
+            stacked.sync(self._adapters_enabled)
 
     def set_stacked_adapter(self, adapter_name: str | Sequence[str], inference_mode: bool = False) -> None:
         """Make stacked adapter(s) active for rows without ``adapter_names``; several active ones add up.
@@ -453,11 +352,11 @@ class ContinualPromptModel(PeftTunerBase):
         As PEFT's ``set_adapter``: the active adapters become trainable unless ``inference_mode``, the others frozen.
         The choice is saved (``active_stacked_adapters``).
         """
-        self._require_stacked("set_stacked_adapter()")
+        stacked = self._require_stacked("set_stacked_adapter()")
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        self._check_stacked_names(names)
-        self._stacked_tuner.set_adapter(names, inference_mode=inference_mode)
-        self.peft_config[self._stacked_owner].active_stacked_adapters = names
+        check_stacked_names(names, stacked, list(self.peft_config))
+        stacked.set_active(names, inference_mode)
+        self.peft_config[stacked.owner].active_stacked_adapters = names
 
     def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
         """PEFT's ``model.set_requires_grad``: a prompt adapter name means its encoder, a stacked name its layers.
@@ -467,32 +366,26 @@ class ContinualPromptModel(PeftTunerBase):
         """
         names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
         stacked = [name for name in names if name not in self.peft_config]
-        self._check_stacked_names(stacked)
+        check_stacked_names(stacked, self._stacked, list(self.peft_config))
+        if stacked:
+            self._stacked.set_requires_grad(stacked, requires_grad)
         for name in names:
             if name in self.peft_config:
                 for parameter in self._adapter_parameters(name):
                     parameter.requires_grad_(requires_grad)
-        if stacked:
-            compat.set_stacked_requires_grad(self._stacked_tuner, stacked, requires_grad)
 
     @contextlib.contextmanager
     def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """Called by ``PeftModel.forward``/``generate`` with their kwargs: hands ``adapter_names`` to LoRA's compat."""
+        """Called by ``PeftModel.forward``/``generate`` with their kwargs: hands ``adapter_names`` to LoRA's hooks."""
         adapter_names = kwargs.get("adapter_names")
         if adapter_names is None:
             yield
             return
-        self._require_stacked("adapter_names")
-        kind = compat.stacked_type(self._stacked_tuner)
-        if kind not in PER_ROW_TYPES:
-            raise ConfigError(
-                f"adapter_names needs LoRA stacked adapters; {list(self.stacked_adapter_names)} are {kind}"
-            )
-        self._check_stacked_names([name for name in adapter_names if name != "__base__"])
-        with compat.stacked_forward_hooks(self._stacked_tuner, self.training, *args, **kwargs):
+        stacked = self._require_stacked("adapter_names")
+        check_stacked_names([name for name in adapter_names if name != "__base__"], stacked, list(self.peft_config))
+        with stacked.per_row_hooks(self.training, *args, **kwargs):
             yield
 
-    # ------------------------------------------------------------------ merge / unload / delete
     def merge_and_unload(
         self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
     ) -> nn.Module:
@@ -508,36 +401,25 @@ class ContinualPromptModel(PeftTunerBase):
         return self._unload_stacked(False)
 
     def _unload_stacked(self, merge: bool, **kwargs: Any) -> nn.Module:
-        owner = self._require_stacked("merge_and_unload()" if merge else "unload()")
-        tuner = self._stacked_tuner
-        with torch.no_grad():
-            tuner.merge_and_unload(**kwargs) if merge else tuner.unload()
-        object.__setattr__(self, "_stacked_tuner", None)
-        self._stacked_owner = None
+        stacked = self._require_stacked("merge_and_unload()" if merge else "unload()")
+        stacked.remove(merge, **kwargs)
+        self._stacked = None
         self.model.peft_config = self.peft_config  # PEFT's unload deletes it from the base model
-        config = self.peft_config[owner]
+        config = self.peft_config[stacked.owner]
         config.stacked_adapters, config.active_stacked_adapters = {}, None
         config.base_model_fingerprint = fingerprint(self.model)
         return self.model
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Drop a prompt adapter; its stacked adapters are unloaded with it (not merged)."""
-        if adapter_name == self._stacked_owner:
+        if self._stacked and adapter_name == self._stacked.owner:
             self.unload()
         super().delete_adapter(adapter_name)
 
-    def _require_stacked(self, what: str) -> str:
-        if self._stacked_tuner is None:
+    def _require_stacked(self, what: str) -> StackedAdapters:
+        if self._stacked is None:
             raise ConfigError(
                 f"{what} needs stacked adapters; adapter(s) {allowed(self.peft_config)} have none "
                 "(set ContinualPromptConfig(stacked_adapters=LoraConfig(...)))"
             )
-        return self._stacked_owner
-
-    def _check_stacked_names(self, names: Sequence[str]) -> None:
-        unknown = sorted(set(names) - set(self.stacked_adapter_names))
-        if unknown:
-            raise ConfigError(
-                f"unknown adapter(s) {unknown}; prompt adapters: {allowed(self.peft_config)}, "
-                f"stacked adapters: {allowed(self.stacked_adapter_names)}"
-            )
+        return self._stacked

@@ -44,13 +44,16 @@ the prompts on the merged base, and the merged base is returned as PEFT does.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from peft import PeftConfig
 
 from peft_continual.errors import ConfigError, allowed
+from peft_continual.tuners.continual_prompt import _peft_compat_stacked as stacked_compat
 
 STACKABLE_TYPES = ("LORA", "IA3")
 """PEFT types that can be stacked under the prompts (tested: LoRA and IA3, bitsandbytes bases included)."""
@@ -128,3 +131,111 @@ def stacked_configs(dicts: Mapping[str, Mapping[str, Any]], inference_mode: bool
     for name, data in dicts.items():
         configs[name] = PeftConfig.from_peft_type(**{**data, "inference_mode": inference_mode})
     return configs
+
+
+class StackedAdapters:
+    """The LoRA/IA3 adapters stacked under one prompt adapter: PEFT's tuner on the same base model, and its switch.
+
+    A plain object, not an ``nn.Module``: the tuner's ``model`` is the base model that the prompt tuner wraps, and
+    registering it would list every base weight twice in ``state_dict``. ``ContinualPromptModel`` holds one (or
+    ``None``) and its public methods (``set_stacked_adapter``, ``merge_and_unload``...) call these.
+
+    Attributes:
+        tuner: PEFT's ``LoraModel``/``IA3Model``.
+        owner: The prompt adapter whose config declares these adapters (and whose file saves them).
+        names: The stacked adapters' names, in config order.
+        enabled: False inside ``disable_stacked_adapters()``.
+    """
+
+    def __init__(self, tuner: Any, owner: str, names: Sequence[str]) -> None:
+        self.tuner = tuner
+        self.owner = owner
+        self.names = tuple(names)
+        self.enabled = True
+
+    @classmethod
+    def build(cls, base_model: Any, owner: str, config: Any) -> StackedAdapters:
+        """Inject ``config.stacked_adapters`` into ``base_model`` with PEFT's own tuner and activate them.
+
+        Raises:
+            ConfigError: PEFT cannot build them on this model (values its config accepts but its layers do not).
+        """
+        configs = stacked_configs(config.stacked_adapters, config.inference_mode)
+        try:
+            tuner = stacked_compat.build_stacked_tuner(base_model, configs)
+        except (TypeError, ValueError) as error:  # e.g. r="8"
+            if isinstance(error, ConfigError):
+                raise
+            raise ConfigError(
+                f"stacked adapter(s) {allowed(configs)}: PEFT cannot build them on this model: {error}"
+            ) from error
+        tuner.set_adapter(config.active_stacked_adapters, inference_mode=config.inference_mode)
+        return cls(tuner, owner, configs)
+
+    def parameters(self) -> Iterator[Any]:
+        """Parameters of the stacked layers, trainable or not."""
+        return stacked_compat.stacked_parameters(self.tuner.model, self.names)
+
+    def sync(self, adapters_enabled: bool) -> None:
+        """Switch the layers on when the master switch and ``enabled`` both say so; ``requires_grad`` is kept."""
+        stacked_compat.enable_stacked(self.tuner, adapters_enabled and self.enabled)
+
+    def set_active(self, names: Sequence[str], inference_mode: bool) -> None:
+        """PEFT's ``set_adapter``: the active adapters trainable unless ``inference_mode``, the others frozen."""
+        self.tuner.set_adapter(list(names), inference_mode=inference_mode)
+
+    def set_requires_grad(self, names: Sequence[str], requires_grad: bool) -> None:
+        stacked_compat.set_stacked_requires_grad(self.tuner, list(names), requires_grad)
+
+    def cast_dtype(self, autocast_adapter_dtype: bool) -> None:
+        stacked_compat.cast_stacked_dtype(self.tuner, self.names, autocast_adapter_dtype)
+
+    @contextlib.contextmanager
+    def per_row_hooks(self, training: bool, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """LoRA's ``adapter_names`` hooks (one adapter per row) for one forward/generate.
+
+        Raises:
+            ConfigError: the stacked type has no per-row adapters (IA3).
+        """
+        kind = stacked_compat.stacked_type(self.tuner)
+        if kind not in PER_ROW_TYPES:
+            raise ConfigError(f"adapter_names needs LoRA stacked adapters; {list(self.names)} are {kind}")
+        with stacked_compat.stacked_forward_hooks(self.tuner, training, *args, **kwargs):
+            yield
+
+    def remove(self, merge: bool, **kwargs: Any) -> None:
+        """Take the layers out of the base model: merged into its weights (LoRA) or dropped."""
+        with torch.no_grad():
+            self.tuner.merge_and_unload(**kwargs) if merge else self.tuner.unload()
+
+
+def check_prompt_adapter(
+    adapter_name: str, config: Any, stacked: StackedAdapters | None, prompt_adapters: Sequence[str]
+) -> None:
+    """Refuse a new prompt adapter that clashes with the stacked adapters (before anything of it is built).
+
+    Raises:
+        ConfigError: its name is a stacked adapter's, it stacks adapters where another already does, or it names a
+            stacked adapter like a prompt adapter.
+    """
+    if stacked is not None and adapter_name in stacked.names:
+        raise ConfigError(f"prompt adapter {adapter_name!r} has the name of a stacked adapter; rename one")
+    if config.stacked_adapters and stacked is not None:
+        raise ConfigError(
+            f"prompt adapter {adapter_name!r} declares stacked adapters {list(config.stacked_adapters)}, but "
+            f"{stacked.owner!r} already stacks {list(stacked.names)}; one adapter may stack"
+        )
+    clash = sorted(set(config.stacked_adapters) & set(prompt_adapters))
+    if clash:
+        raise ConfigError(f"stacked adapter name(s) {clash} are prompt adapter names; rename them")
+
+
+def check_stacked_names(names: Sequence[str], stacked: StackedAdapters | None, prompt_adapters: Sequence[str]) -> None:
+    """Raise ``ConfigError`` for a name that is not a stacked adapter (the prompt adapters are named for help)."""
+    known = stacked.names if stacked is not None else ()
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown adapter(s) {unknown}; prompt adapters: {allowed(prompt_adapters)}, "
+            f"stacked adapters: {allowed(known)}"
+        )

@@ -32,6 +32,9 @@ from peft_continual.tuners.continual_prompt import (
 from peft_continual.tuners.continual_prompt import (
     _peft_compat_hub as compat_hub,
 )
+from peft_continual.tuners.continual_prompt import (
+    _peft_compat_stacked as stacked_compat,
+)
 from tests.tuners.continual_prompt.conftest import TEMPLATE_A, make_batch, make_peft_model, tiny_model
 
 CHANGED = "PEFT changed: "
@@ -220,7 +223,7 @@ def test_build_stacked_tuner_builds_what_inject_adapter_in_model_injects():
     assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.LORA] is LoraModel, CHANGED + "the LoRA tuner class"
     assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.IA3] is IA3Model, CHANGED + "the IA3 tuner class"
     for config in (STACKED_LORA, IA3Config(target_modules=["q_proj"], feedforward_modules=[])):
-        ours = compat.build_stacked_tuner(tiny_model(), {"a": config, "b": config})
+        ours = stacked_compat.build_stacked_tuner(tiny_model(), {"a": config, "b": config})
         theirs = inject_adapter_in_model(config, tiny_model(), adapter_name="a")
         layer = ours.model.model.layers[0].self_attn.q_proj
         assert type(layer) is type(theirs.model.layers[0].self_attn.q_proj), CHANGED + "inject_adapter_in_model"
@@ -280,7 +283,7 @@ def test_peft_layer_switch_sets_requires_grad():
 
 def test_tuner_state_prefixes_restrict_to_one_adapter_name():
     model = stacked_model({"a": STACKED_LORA, "b": STACKED_LORA})
-    keys = compat.stacked_state_keys(model, ["b"])
+    keys = stacked_compat.stacked_state_keys(model, ["b"])
     assert keys and all(".lora_A.b." in key or ".lora_B.b." in key for key in keys), (
         CHANGED + "_get_tuner_state_dict_key_prefixes(model, adapter_name)"
     )
