@@ -26,7 +26,7 @@ def check_prompt_batch(
     tasknames: Sequence[str] | None,
 ) -> None:
     """Refuse a batch that cannot carry prompts: a mask without task names (or the reverse), no inputs, or
-    ``tasknames`` that is not one name per row.
+    ``tasknames`` that is not a list of names (``inject_prompts`` checks that there is one per row).
 
     Raises:
         RecordError: naming what is missing or wrong.

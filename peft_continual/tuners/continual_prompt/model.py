@@ -72,7 +72,7 @@ class ContinualPromptModel(PeftTunerBase):
         {'sentiment': 4}
     """
 
-    _stacked: StackedAdapters | None = None  # PEFT's LoraModel/IA3Model on the same base model (see ``stacked``)
+    _stacked: StackedAdapters | None = None  # PEFT's LoraModel/IA3Model on the same base, and its switch
     _prompts_enabled: bool = True
 
     # ------------------------------------------------------------------ building
@@ -344,7 +344,8 @@ class ContinualPromptModel(PeftTunerBase):
             yield
         finally:
             stacked.enabled = was
-            stacked.sync(self._adapters_enabled)
+            if self._stacked is stacked:  # not unloaded inside the block
+                stacked.sync(self._adapters_enabled)
 
     def set_stacked_adapter(self, adapter_name: str | Sequence[str], inference_mode: bool = False) -> None:
         """Make stacked adapter(s) active for rows without ``adapter_names``; several active ones add up.
@@ -382,6 +383,7 @@ class ContinualPromptModel(PeftTunerBase):
             yield
             return
         stacked = self._require_stacked("adapter_names")
+        stacked.check_per_row()
         check_stacked_names([name for name in adapter_names if name != "__base__"], stacked, list(self.peft_config))
         with stacked.per_row_hooks(self.training, *args, **kwargs):
             yield

@@ -21,9 +21,9 @@ Why one config rather than ``add_continual_prompts(get_peft_model(base, LoraConf
   layers are PEFT's own, injected by PEFT's ``LoraModel``/``IA3Model`` into the base model that the prompt tuner
   wraps. LoRA's layers, its bitsandbytes variants, per-row ``adapter_names`` and merging are therefore PEFT's code.
 
-How the pieces fit: the prompt tuner (``ContinualPromptModel``) keeps PEFT's LoRA/IA3 tuner as an unregistered
-attribute whose ``model`` is the same base model (registering it would list every base weight twice in
-``state_dict``). The LoRA layers sit inside the base, so the prompt tuner's forward (prompts written into
+How the pieces fit: the prompt tuner (``ContinualPromptModel``) keeps PEFT's LoRA/IA3 tuner, whose ``model`` is the
+same base model, in a ``StackedAdapters`` object, unregistered (registering the tuner would list every base weight
+twice in ``state_dict``). The LoRA layers sit inside the base, so the prompt tuner's forward (prompts written into
 ``inputs_embeds``, then ``self.model(...)``) runs through them, in ``generate`` too. The saved file holds the
 prompt keys without the prompt adapter's name and the LoRA keys with their LoRA adapter names, so several named
 LoRA adapters share one file. ``PeftModel.forward``/``generate`` hand ``adapter_names`` to the tuner's
@@ -190,16 +190,15 @@ class StackedAdapters:
     def cast_dtype(self, autocast_adapter_dtype: bool) -> None:
         stacked_compat.cast_stacked_dtype(self.tuner, self.names, autocast_adapter_dtype)
 
-    @contextlib.contextmanager
-    def per_row_hooks(self, training: bool, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """LoRA's ``adapter_names`` hooks (one adapter per row) for one forward/generate.
-
-        Raises:
-            ConfigError: the stacked type has no per-row adapters (IA3).
-        """
+    def check_per_row(self) -> None:
+        """Raise ``ConfigError`` unless the stacked type takes per-row ``adapter_names`` (LoRA does, IA3 not)."""
         kind = stacked_compat.stacked_type(self.tuner)
         if kind not in PER_ROW_TYPES:
             raise ConfigError(f"adapter_names needs LoRA stacked adapters; {list(self.names)} are {kind}")
+
+    @contextlib.contextmanager
+    def per_row_hooks(self, training: bool, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """LoRA's ``adapter_names`` hooks (one adapter per row) for one forward/generate."""
         with stacked_compat.stacked_forward_hooks(self.tuner, training, *args, **kwargs):
             yield
 

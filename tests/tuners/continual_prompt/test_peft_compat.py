@@ -208,7 +208,7 @@ def test_peft_disable_adapter_looks_for_adapter_layers_that_our_tuner_has_not():
 
 
 # ---------------------------------------------------------------------------------------------- stacked adapters
-# What ``peft_continual.tuners.continual_prompt._peft_compat`` and the stacking half of ``PeftTunerBase`` rely on.
+# What ``_peft_compat_stacked`` and the stacking half of ``PeftTunerBase`` (``_peft_compat``) rely on.
 
 STACKED_LORA = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
 

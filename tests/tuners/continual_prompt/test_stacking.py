@@ -200,6 +200,15 @@ def test_switches_keep_requires_grad():
     assert trainable_kinds(model) == {"encoder"}
 
 
+def test_unloading_inside_disable_stacked_adapters_leaves_the_prompts_on_the_plain_base():
+    model = stacked_model().eval()
+    batch = make_batch(MIXED_ROWS)
+    with model.disable_stacked_adapters():
+        prompts_only = model(**batch).logits
+        model.unload()
+    assert torch.equal(model(**batch).logits, prompts_only)  # leaving the block switches nothing back on
+
+
 def test_disable_stacked_adapters_needs_stacked_adapters():
     with pytest.raises(ConfigError, match="disable_stacked_adapters\\(\\) needs stacked adapters"):  # noqa: SIM117
         with stacked_model(stacked=None).disable_stacked_adapters():
@@ -302,6 +311,7 @@ def test_adapter_names_pick_one_lora_per_row_in_generate(num_beams):
     [
         pytest.param(TWO_LORAS, ["formal", "nope", "casual", "formal"], r"unknown adapter\(s\) \['nope'\]", id="name"),
         pytest.param(IA3, ["ia3"] * 4, r"adapter_names needs LoRA stacked adapters; \['ia3'\] are IA3", id="ia3"),
+        pytest.param(IA3, ["nope"] * 4, r"needs LoRA stacked adapters; \['ia3'\] are IA3", id="ia3-any-name"),
         pytest.param(None, ["lora"] * 4, "adapter_names needs stacked adapters", id="none"),
     ],
 )
