@@ -154,15 +154,17 @@ def test_every_run_of_the_config_parses_with_its_own_learning_rate(monkeypatch):
     monkeypatch.chdir(ROOT)
     comparison, passed_on = parse_and_pass_on(RECIPE["ARGUMENTS"], ["--config", str(CONFIG)])
     assert sorted(comparison.runs) == sorted(f"recipes/configs/{config}.yaml" for config in RUNS.values())
-    rates = {}
+    rates, start_rates = {}, {}
     for run in comparison.runs:
         recipe_file, technique = RECIPE["recipe_of"](run)
         recipe = runpy.run_path(str(recipe_file))
         *_, training = parse_config_and_flags(recipe["ARGUMENTS"], ["--config", run, *passed_on])
         assert training.num_train_epochs == 1 and training.per_device_train_batch_size == 8
         rates[technique] = training.learning_rate
+        start_rates[technique] = getattr(training, "start_rows_learning_rate", None)
     assert rates["lora"] == rates["qlora"] == 1e-3 and rates["full_fine_tuning"] == 2e-5
-    assert rates["p_tuning"] == 1e-2 and rates["peft_prompt_tuning"] == 3e-2 == rates["prompt_tuning"]
+    assert rates["peft_prompt_tuning"] == 3e-2 == rates["prompt_tuning"]
+    assert rates["p_tuning"] == 3e-4 and start_rates["p_tuning"] == 3e-2  # the encoder slow, the start rows at 3e-2
     assert set(rates) == set(RUNS)
     assert yaml.safe_load(CONFIG.read_text())["seeds"] == [0, 1, 2]
 
