@@ -21,6 +21,7 @@ from torch import nn
 
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError, allowed
+from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.cli import BASE_MODEL_ID_HELP
 from peft_continual.experiments.folds import fold_split, stratum
@@ -104,6 +105,12 @@ class SingleTaskArguments:
         metadata={"help": "Validation records scored at each evaluation (eval_loss and per-task accuracy), to choose "
                   "the best checkpoint; None: no validation (--k_shot and --k_per_class bring their own)."},
     )  # fmt: skip
+    validation_accuracy: str = field(
+        default="auto",
+        metadata={"help": "How the validation records are answered for eval_task_accuracy: `auto` (restricted choice "
+                  "for classification, generation for intent and slots), `generation` (what a served model writes) "
+                  "or `restricted` (see ValidationAccuracy)."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -129,7 +136,8 @@ def load_task(args: SingleTaskArguments) -> SingleTask:
     ``--validation_records``.
 
     Raises:
-        ConfigError: an unknown task, a missing data file, or two protocols at once.
+        ConfigError: an unknown task, a missing data file, two protocols at once, or an unknown
+            ``validation_accuracy``.
     """
     specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
     if args.taskname not in specs:
@@ -139,6 +147,8 @@ def load_task(args: SingleTaskArguments) -> SingleTask:
                                           ("--k_shot", args.k_shot), ("--k_per_class", args.k_per_class)) if value]  # fmt: skip
     if len(protocols) > 1:
         raise ConfigError(f"{' and '.join(protocols)}: one evaluation protocol at a time")
+    if args.validation_accuracy not in ACCURACY_MODES:
+        raise ConfigError(f"--validation_accuracy {args.validation_accuracy!r} is not one of {allowed(ACCURACY_MODES)}")
     data_dir = args.data_dir or default_data_dir(REPOSITORY)
 
     def split(name: str, count: int | None, dataset: str = spec.dataset) -> list[TaskRecord]:
@@ -195,7 +205,8 @@ def validation(prompts: Any, task: SingleTask, args: SingleTaskArguments) -> dic
         return {}
     from peft_continual.evaluation import ValidationAccuracy
 
-    accuracy = ValidationAccuracy(prompts, task.validation, [task.spec.evaluation], batch_size=args.eval_batch_size)
+    accuracy = ValidationAccuracy(prompts, task.validation, [task.spec.evaluation], mode=args.validation_accuracy,
+                                  batch_size=args.eval_batch_size)  # fmt: skip
     return {"eval_dataset": prompts.tokenize_records(task.validation).examples, "validation_accuracy": accuracy}
 
 

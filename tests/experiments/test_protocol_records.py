@@ -29,3 +29,21 @@ def test_k_per_class_samples_train_and_validation_of_any_data_set(shared_data):
 def test_two_protocols_at_once_are_refused(shared_data):
     with pytest.raises(ConfigError, match="--folds and --train_fraction"):
         load_task(SingleTaskArguments(folds=5, train_fraction=0.5, data_dir=str(shared_data)))
+
+
+def test_the_development_records_are_answered_the_way_asked(shared_data, smollm2_tokenizer):
+    from peft_continual.data.tokenize import PromptTokenizer
+    from peft_continual.experiments.single_task import validation
+
+    args = SingleTaskArguments(tasks=str(LMBFF), taskname="sst2", k_shot="16-13", data_dir=str(shared_data),
+                               validation_accuracy="generation")  # fmt: skip
+    task = load_task(args)
+    prompts = PromptTokenizer(smollm2_tokenizer, [task.spec.template], max_length=128)
+    given = validation(prompts, task, args)
+    assert given["validation_accuracy"].mode == "generation"
+    assert len(given["eval_dataset"]) == len(given["validation_accuracy"].records) == 32
+
+
+def test_an_unknown_validation_accuracy_is_refused_before_any_work(shared_data):
+    with pytest.raises(ConfigError, match="--validation_accuracy 'sampled' is not one of"):
+        load_task(SingleTaskArguments(validation_accuracy="sampled", data_dir=str(shared_data)))
