@@ -52,3 +52,21 @@ def test_a_recipe_balances_after_the_fold_is_held_out(shared_data, tmp_path):
     assert len(set(counts.values())) == 1  # every class as frequent as the largest
     assert len(task.test) == 60 and not {r.source for r in task.test} & {r.source for r in task.train}
     assert Counter(r.fields["label"] for r in task.test)["neutral"] > 25  # the held-out fold keeps its shares
+
+
+def test_the_continual_recipe_balances_the_training_records_only(shared_data, tmp_path):
+    from peft_continual.experiments.continual_run import ContinualArguments, load_records
+    from peft_continual.experiments.task_files import load_task_specs
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "tasks:\n  - {taskname: sentiment, dataset: financial_phrasebank, answer_field: label,\n"
+        '     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence} {label}", total_virtual_tokens: 2,\n'
+        "     virtual_token_splits: [2], train_records: 300, eval_records: 100, balance_labels: true,\n"
+        "     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}}}\n"
+    )
+    specs = load_task_specs(tasks)
+    records = load_records(specs, ContinualArguments(data_dir=str(shared_data), validation_records=100), seed=0)
+    assert len(set(Counter(r.fields["label"] for r in records.train["sentiment"]).values())) == 1
+    for held_out in (records.test["sentiment"], records.validation["sentiment"]):
+        assert len(held_out) == 100 and Counter(r.fields["label"] for r in held_out)["neutral"] > 45
