@@ -73,7 +73,7 @@ def main(recipe: ContinualArguments, training: ContinualTrainingArguments) -> li
     specs = load_task_specs(recipe.tasks)
     rounds = rounds_of(specs)
     check_arguments(recipe, training, rounds)
-    check_run_settings(output_dir, run_settings(specs, recipe, training))  # a rerun resumes this run, not another
+    check_run_settings(output_dir, *run_settings(specs, recipe, training))  # a rerun resumes this run, not another
     records = load_records(specs, recipe, training.seed)
     # 3 tokenize (the same tokenizer and templates serve training, generation and scoring) and 4 the base model, on
     # the device that Trainer will train on (this process's GPU when there is one).

@@ -39,8 +39,15 @@ from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation import ValidationAccuracy
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.run_settings import check_run_settings, training_settings
-from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, default_data_dir, load_split, load_task_specs
+from peft_continual.experiments.label_balance import training_records
+from peft_continual.experiments.run_settings import check_run_settings, setting_defaults, training_settings
+from peft_continual.experiments.task_files import (
+    DATA_DIR_VARIABLE,
+    TaskSpec,
+    default_data_dir,
+    load_split,
+    load_task_specs,
+)
 from peft_continual.experiments.template_search import (
     OBJECTIVE,
     OptunaPruning,
@@ -121,10 +128,10 @@ def main(args: SearchArguments, training: ContinualTrainingArguments) -> dict[st
     kept = {
         name: value for name, value in asdict(args).items() if name not in ("n_trials", "data_dir", "eval_batch_size")
     }
-    check_run_settings(
-        output_dir, {"task": asdict(spec), **kept, **training_settings(training, TRAINING_SETTINGS)}
-    )  # more trials: fine
-    train = load_split(spec, args.data_dir, "train", spec.train_records, training.seed)
+    settings = {"task": asdict(spec), **kept, **training_settings(training, TRAINING_SETTINGS)}
+    check_run_settings(output_dir, settings, setting_defaults(TaskSpec, SearchArguments))  # more trials: fine
+    train = training_records(spec, load_split(spec, args.data_dir, "train", spec.train_records, training.seed),
+                             training.seed)  # fmt: skip
     valid = load_split(spec, args.data_dir, "validation", args.validation_records, training.seed)
 
     # 2 the study: trial 0 is the hand-written template at the configured learning rate. The main process keeps it;

@@ -25,6 +25,7 @@ from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.cli import BASE_MODEL_ID_HELP
 from peft_continual.experiments.frozen_recheck import carry_over, frozen_check
+from peft_continual.experiments.label_balance import training_records
 from peft_continual.experiments.results import (
     ResultRow,
     StageMinutes,
@@ -32,7 +33,7 @@ from peft_continual.experiments.results import (
     result_row,
     write_results,
 )
-from peft_continual.experiments.run_settings import training_settings
+from peft_continual.experiments.run_settings import setting_defaults, training_settings
 from peft_continual.experiments.task_files import DATA_DIR_VARIABLE, TaskSpec, default_data_dir, load_split
 from peft_continual.machine import machine_facts
 from peft_continual.model_card import write_table_card
@@ -131,10 +132,13 @@ def check_arguments(arguments: ContinualArguments, training: Any, rounds: Sequen
         raise ConfigError("--card_license/--card_datasets/--card_languages: " + "; ".join(problems))
 
 
-def run_settings(specs: Sequence[TaskSpec], arguments: ContinualArguments, training: Any) -> dict[str, Any]:
+def run_settings(
+    specs: Sequence[TaskSpec], arguments: ContinualArguments, training: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What decides the tables and the result rows of a run: a rerun in the same output folder must match them.
     Left out: where the data is, how fast evaluation runs, whether the few-shot rows are (still) wanted; the task
-    file counts by its content, not its path."""
+    file counts by its content, not its path. Also the defaults of the task's and the arguments' fields, for
+    ``check_run_settings``."""
     left_out = {
         "data_dir",
         "eval_batch_size",
@@ -145,11 +149,12 @@ def run_settings(specs: Sequence[TaskSpec], arguments: ContinualArguments, train
         "card_datasets",
         "card_languages",
     }
-    return {
+    settings = {
         "tasks": {spec.taskname: asdict(spec) for spec in specs},
         **{name: value for name, value in asdict(arguments).items() if name not in left_out},
         **training_settings(training, TRAINING_SETTINGS),
     }
+    return settings, setting_defaults(TaskSpec, ContinualArguments)
 
 
 @dataclass
@@ -167,7 +172,7 @@ def load_records(specs: Sequence[TaskSpec], arguments: ContinualArguments, seed:
 
     caps = {s.taskname: min(filter(None, [s.eval_records, arguments.max_eval_records]), default=None) for s in specs}
     return TaskRecords(
-        train={s.taskname: split(s, "train", s.train_records) for s in specs},
+        train={s.taskname: training_records(s, split(s, "train", s.train_records), seed) for s in specs},
         test={s.taskname: split(s, s.eval_split, caps[s.taskname]) for s in specs},
         validation={s.taskname: split(s, "validation", arguments.validation_records) for s in specs},
     )

@@ -16,6 +16,7 @@ from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError
 from peft_continual.evaluation.slots import parse_intent_and_slots
 from peft_continual.evaluation.tasks import TaskEvaluation, TaskKind
+from peft_continual.experiments.task_files import TaskSpec
 
 
 def fold_split(
@@ -64,3 +65,10 @@ def stratum(evaluation: TaskEvaluation, answer: str) -> str:
     if evaluation.kind is TaskKind.CLASSIFICATION:
         return answer
     return str(parse_intent_and_slots(answer).intent)
+
+
+def strata(spec: TaskSpec, records: Sequence[TaskRecord]) -> list[str]:
+    """Each record's ``stratum`` under the task's template: what folds, fractions and label balance go by."""
+    return [
+        stratum(spec.evaluation, record.values_for(spec.template)[spec.template.answer_field]) for record in records
+    ]

@@ -5,13 +5,16 @@ checkpoint of an interrupted one, the few-shot rows. Those fit only the settings
 the task file (say 40 virtual tokens instead of 20) the old table fails deep inside the model ("row 6 has 40
 virtual-token positions but ... total_virtual_tokens=20"), and a change of steps or learning rate would silently
 mix two runs in one result table. ``check_run_settings`` records the settings in the folder on the first run and
-compares them on every later one.
+compares them on every later one. A setting that a later version of the library added is absent from an older run's
+file; it counts as the same when its value now is its default (which reproduces what the older run did), so an
+upgrade does not strand finished runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,9 @@ SETTINGS_FILE = "run_settings.json"
 
 
 @main_process_only
-def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> None:
+def check_run_settings(
+    output_dir: Path | str, settings: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> None:
     """Record ``settings`` in ``output_dir``, or, if it holds a run already, check they are the same (under several
     processes, the main process does both).
 
@@ -31,6 +36,8 @@ def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> N
         output_dir: The run's output folder (created if missing).
         settings: JSON-ready values that decide what the run trains and reports (task file, model, steps, rates...);
             paths to the data or the output, batch sizes of evaluation and logging belong elsewhere.
+        defaults: Each setting's default by name (``setting_defaults``): a setting the saved file lacks is the same
+            when its value now is its default.
 
     Raises:
         ConfigError: the folder holds a run made with other settings; the message lists each difference.
@@ -50,7 +57,9 @@ def check_run_settings(output_dir: Path | str, settings: Mapping[str, Any]) -> N
     if not path.exists():
         write_atomic(path, json.dumps(current, indent=2, sort_keys=True) + "\n")
         return
-    changes = differences(json.loads(path.read_text(encoding="utf-8")), current)
+    changes = differences(
+        json.loads(path.read_text(encoding="utf-8")), current, json.loads(json.dumps(defaults or {}, default=str))
+    )
     if changes:
         listed = "\n".join(f"  {change}" for change in changes)
         raise ConfigError(
@@ -70,8 +79,26 @@ def training_settings(training: Any, names: Iterable[str]) -> dict[str, Any]:
     return settings
 
 
-def differences(saved: Any, current: Any, key: str = "") -> list[str]:
-    """``key: <saved> then, <current> now`` for each leaf that differs (dotted keys for nested mappings)."""
+def setting_defaults(*classes: type) -> dict[str, Any]:
+    """The default of every field of the dataclasses ``classes`` that has one, by field name (for
+    ``check_run_settings``)."""
+    defaults: dict[str, Any] = {}
+    for cls in classes:
+        for f in fields(cls):
+            if f.default is not MISSING:
+                value = f.default
+            elif f.default_factory is not MISSING:
+                value = f.default_factory()
+            else:
+                continue  # a required field: every run gives it
+            defaults.setdefault(f.name, asdict(value) if is_dataclass(value) else value)
+    return defaults
+
+
+def differences(saved: Any, current: Any, defaults: Mapping[str, Any] | None = None, key: str = "") -> list[str]:
+    """``key: <saved> then, <current> now`` for each leaf that differs (dotted keys for nested mappings); a name the
+    saved mapping lacks whose value now is its entry in ``defaults`` does not differ."""
+    defaults = defaults or {}
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
         for name in sorted(set(saved) | set(current), key=str):
@@ -79,8 +106,9 @@ def differences(saved: Any, current: Any, key: str = "") -> list[str]:
             if name not in current:
                 found.append(f"{inner}: {saved[name]!r} then, not set now")
             elif name not in saved:
-                found.append(f"{inner}: not set then, {current[name]!r} now")
+                if name not in defaults or current[name] != defaults[name]:
+                    found.append(f"{inner}: not set then, {current[name]!r} now")
             else:
-                found += differences(saved[name], current[name], inner)
+                found += differences(saved[name], current[name], defaults, inner)
         return found
     return [] if saved == current else [f"{key}: {saved!r} then, {current!r} now"]

@@ -24,9 +24,10 @@ from peft_continual.errors import ConfigError, allowed
 from peft_continual.evaluation.during_training import MODES as ACCURACY_MODES
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.experiments.cli import BASE_MODEL_ID_HELP
-from peft_continual.experiments.folds import fold_split, stratum
+from peft_continual.experiments.folds import fold_split, strata
+from peft_continual.experiments.label_balance import training_records
 from peft_continual.experiments.results import ResultRow, result_row, show_results, write_results
-from peft_continual.experiments.run_settings import check_run_settings, training_settings
+from peft_continual.experiments.run_settings import check_run_settings, setting_defaults, training_settings
 from peft_continual.experiments.subsets import per_class, stratified_fraction
 from peft_continual.experiments.task_files import (
     DATA_DIR_VARIABLE,
@@ -169,14 +170,8 @@ def load_task(args: SingleTaskArguments) -> SingleTask:
         test = test[: args.max_eval_records]
     if args.train_fraction is not None:
         train = stratified_fraction(train, strata(spec, train), args.train_fraction, args.fraction_seed)
-    return SingleTask(spec, train, test, validation)
-
-
-def strata(spec: TaskSpec, records: list[TaskRecord]) -> list[str]:
-    """Each record's label (an intent-and-slot task's intent): what folds and fractions are stratified by."""
-    return [
-        stratum(spec.evaluation, record.values_for(spec.template)[spec.template.answer_field]) for record in records
-    ]
+    # after the protocol chose the training records: no copy lands in a held-out fold
+    return SingleTask(spec, training_records(spec, train, args.records_seed), test, validation)
 
 
 def load_tokenizer(args: SingleTaskArguments) -> Any:
@@ -309,7 +304,7 @@ def start_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more:
     Raises:
         ConfigError: ``output_dir`` holds a run made with other settings (each difference named).
     """
-    check_run_settings(training.output_dir, _run_settings(recipe_file, training, args, *more))
+    check_run_settings(training.output_dir, *_run_settings(recipe_file, training, args, *more))
     return args.technique or Path(recipe_file).stem
 
 
@@ -319,20 +314,24 @@ def finished_run(recipe_file: str, training: Any, args: SingleTaskArguments, *mo
     results = Path(training.output_dir) / "results.json"
     if not results.exists():
         return None
-    check_run_settings(training.output_dir, _run_settings(recipe_file, training, args, *more))
+    check_run_settings(training.output_dir, *_run_settings(recipe_file, training, args, *more))
     return [ResultRow(**{k: v for k, v in row.items() if k != "stored_percent"})
             for row in json.loads(results.read_text(encoding="utf-8"))["rows"]]  # fmt: skip
 
 
-def _run_settings(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> dict[str, Any]:
+def _run_settings(
+    recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """What decides a run's result: the recipe, the task as the task file defines it, the arguments (not where the
-    data is or how large evaluation batches are) and the ``TRAINING_SETTINGS``."""
+    data is or how large evaluation batches are) and the ``TRAINING_SETTINGS``; and the defaults of the task's and
+    the arguments' fields (``check_run_settings``)."""
     specs = {spec.taskname: spec for spec in load_task_specs(args.tasks)}
     settings: dict[str, Any] = {"recipe": Path(recipe_file).stem, "task": asdict(specs[args.taskname])
                                 if args.taskname in specs else None}  # fmt: skip
     for arguments in (args, *more):
         settings |= {k: v for k, v in asdict(arguments).items() if k not in ("data_dir", "eval_batch_size", "tasks")}
-    return settings | training_settings(training, TRAINING_SETTINGS)
+    defaults = setting_defaults(TaskSpec, *(type(arguments) for arguments in (args, *more)))
+    return settings | training_settings(training, TRAINING_SETTINGS), defaults
 
 
 def count_parameters(model: nn.Module) -> int:

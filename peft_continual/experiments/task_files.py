@@ -59,6 +59,11 @@ class TaskSpec:
     eval_records: int | None = field(default=None, metadata={"help": "Seeded random test subset; None = all."})
     eval_split: str = field(default="test", metadata={"help": "Split evaluated after each round."})
     fewshot: FewShotConfig = field(default_factory=FewShotConfig, metadata={"help": "Few-shot baseline settings."})
+    balance_labels: bool = field(
+        default=False,
+        metadata={"help": "Oversample the training records of each answer class (an intent-and-slot task's intents) "
+                  "to the most frequent class's count, seeded: against a prompt that learns only the majority class."},
+    )  # fmt: skip
 
     @property
     def taskname(self) -> str:
@@ -89,6 +94,8 @@ class TaskSpec:
             value = getattr(spec, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{where}: {name} must be a positive whole number or null (all), got {value!r}")
+        if not isinstance(spec.balance_labels, bool):
+            raise ConfigError(f"{where}: balance_labels must be true or false, got {spec.balance_labels!r}")
         if not isinstance(spec.dataset, str) or not isinstance(spec.eval_split, str):
             raise ConfigError(
                 f"{where}: dataset and eval_split must be names, got {spec.dataset!r}, {spec.eval_split!r}"

@@ -50,3 +50,20 @@ def test_a_step_of_the_same_rows_in_another_process_count_is_the_same_run(tmp_pa
     one_process_at_half = SimpleNamespace(learning_rate=0.01, per_device_train_batch_size=4, world_size=1)
     with pytest.raises(ConfigError, match="train_batch_size_all_processes: 8 then, 4 now"):
         check_run_settings(tmp_path, training_settings(one_process_at_half, names))
+
+
+def test_a_setting_added_since_is_the_same_run_at_its_default_and_another_run_otherwise(tmp_path):
+    from peft_continual.experiments.run_settings import setting_defaults
+    from peft_continual.experiments.task_files import TaskSpec
+
+    older = {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 20}}}  # before balance_labels
+    check_run_settings(tmp_path, older)
+    defaults = setting_defaults(TaskSpec)
+    assert defaults["balance_labels"] is False and defaults["fewshot"]["k"] == 1  # a nested config as its dict
+    at_default = {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 20, "balance_labels": False}}}
+    check_run_settings(tmp_path, at_default, defaults)  # resumes: the older run trained unbalanced
+    balanced = {"learning_rate": 0.01, "tasks": {"sentiment": {"total_virtual_tokens": 20, "balance_labels": True}}}
+    with pytest.raises(ConfigError, match="tasks.sentiment.balance_labels: not set then, True now"):
+        check_run_settings(tmp_path, balanced, defaults)
+    with pytest.raises(ConfigError, match="balance_labels: not set then, False now"):
+        check_run_settings(tmp_path, at_default)  # without the defaults, any new key is a difference

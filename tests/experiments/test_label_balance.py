@@ -1,0 +1,72 @@
+"""Training records with every answer class as frequent as the most frequent one (``balance_labels: true``)."""
+
+from collections import Counter
+
+from peft_continual.data.records import TaskRecord
+from peft_continual.experiments.label_balance import balance_labels, training_records
+from peft_continual.experiments.single_task import SingleTaskArguments, load_task
+from peft_continual.experiments.task_files import TaskSpec
+
+LABELS = "a" * 10 + "b" * 4 + "c" * 3
+RECORDS = [TaskRecord("s", {"label": label}, f"r{i}") for i, label in enumerate(LABELS)]
+
+
+def test_every_label_reaches_the_largest_count_with_whole_copies_then_a_seeded_draw():
+    balanced = balance_labels(RECORDS, LABELS, seed=0)
+    assert Counter(r.fields["label"] for r in balanced) == {"a": 10, "b": 10, "c": 10}
+    assert balanced[: len(RECORDS)] == RECORDS  # the records first, in their order
+    copies = Counter(r.source for r in balanced)
+    b_copies = sorted(copies[f"r{i}"] for i in range(10, 14))  # 4 records to 10: each twice more, 2 of them thrice
+    assert b_copies == [2, 2, 3, 3]
+    assert sorted(copies[f"r{i}"] for i in range(14, 17)) == [3, 3, 4]  # 3 to 10: each 3 times, one a 4th time
+    assert balance_labels(RECORDS, LABELS, seed=0) == balanced
+    assert [r.source for r in balance_labels(RECORDS, LABELS, seed=1)] != [r.source for r in balanced]
+
+
+def test_balanced_records_and_empty_records_stay_as_they_are():
+    even = RECORDS[:3] + RECORDS[10:13] + RECORDS[14:17]
+    assert balance_labels(even, [r.fields["label"] for r in even], seed=0) == even
+    assert balance_labels([], [], seed=0) == []
+
+
+def test_a_task_balances_only_when_its_task_file_says_so():
+    entry = {"taskname": "s", "prompt_template": "<|VIRTUAL_PROMPT_0|>{sentence} Sentiment: {label}",
+             "total_virtual_tokens": 2, "virtual_token_splits": [2], "answer_field": "label",
+             "dataset": "d", "evaluation": {"kind": "classification", "labels": {"labels": ["a", "b", "c"]}}}  # fmt: skip
+    records = [TaskRecord("s", {"sentence": "x", "label": label}, f"r{i}") for i, label in enumerate(LABELS)]
+    assert training_records(TaskSpec.from_dict(entry, "t"), records, seed=0) == records
+    balanced = training_records(TaskSpec.from_dict({**entry, "balance_labels": True}, "t"), records, seed=0)
+    assert Counter(r.fields["label"] for r in balanced) == {"a": 10, "b": 10, "c": 10}
+
+
+def test_a_recipe_balances_after_the_fold_is_held_out(shared_data, tmp_path):
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "tasks:\n  - {taskname: sentiment, dataset: financial_phrasebank, answer_field: label,\n"
+        '     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence} {label}", total_virtual_tokens: 2,\n'
+        "     virtual_token_splits: [2], train_records: 300, balance_labels: true,\n"
+        "     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}}}\n"
+    )
+    task = load_task(SingleTaskArguments(tasks=str(tasks), folds=5, fold=1, data_dir=str(shared_data)))
+    counts = Counter(r.fields["label"] for r in task.train)
+    assert len(set(counts.values())) == 1  # every class as frequent as the largest
+    assert len(task.test) == 60 and not {r.source for r in task.test} & {r.source for r in task.train}
+    assert Counter(r.fields["label"] for r in task.test)["neutral"] > 25  # the held-out fold keeps its shares
+
+
+def test_the_continual_recipe_balances_the_training_records_only(shared_data, tmp_path):
+    from peft_continual.experiments.continual_run import ContinualArguments, load_records
+    from peft_continual.experiments.task_files import load_task_specs
+
+    tasks = tmp_path / "tasks.yaml"
+    tasks.write_text(
+        "tasks:\n  - {taskname: sentiment, dataset: financial_phrasebank, answer_field: label,\n"
+        '     prompt_template: "<|VIRTUAL_PROMPT_0|>{sentence} {label}", total_virtual_tokens: 2,\n'
+        "     virtual_token_splits: [2], train_records: 300, eval_records: 100, balance_labels: true,\n"
+        "     evaluation: {kind: classification, labels: {labels: [positive, negative, neutral]}}}\n"
+    )
+    specs = load_task_specs(tasks)
+    records = load_records(specs, ContinualArguments(data_dir=str(shared_data), validation_records=100), seed=0)
+    assert len(set(Counter(r.fields["label"] for r in records.train["sentiment"]).values())) == 1
+    for held_out in (records.test["sentiment"], records.validation["sentiment"]):
+        assert len(held_out) == 100 and Counter(r.fields["label"] for r in held_out)["neutral"] > 45
