@@ -169,7 +169,10 @@ def test_qlora_merge_and_unload_keeps_the_prompts(base_dir, base):
             plain = model(**batch).logits.float()
     assert not model.stacked_adapter_names
     assert (after - before).abs().mean() < 0.15, "close up to re-quantization"
-    assert (after.argmax(-1) == before.argmax(-1)).float().mean() >= 0.9
+    # Re-quantization flips near-ties of this tiny random model's flat logits: 4 or 5 of the 44 top tokens on an AMD
+    # EPYC (emulated bf16), fewer on an Intel Xeon; without the prompts 38 of them change.
+    assert (after.argmax(-1) == before.argmax(-1)).float().mean() >= 0.8
+    assert (plain.argmax(-1) == before.argmax(-1)).float().mean() < 0.5
     assert (after - plain).abs().mean() > 0.15, "the prompts still act on the merged base"
 
 
