@@ -20,8 +20,8 @@ Markers (declared in `pyproject.toml`, `--strict-markers` is on):
 - `slow`: uses the real embedded SmolLM2-135M. Tests that take the `embedded_model` or `embedded_model_dir`
   fixture are marked `slow` automatically.
 - `integration`: starts processes (``tests/distributed``: 2-process data-parallel training on gloo; the Hub stand-in
-  of ``tests/test_hub.py``), runs a whole recipe, or trains/generates long enough on tiny models to take over a
-  second; seconds to tens of seconds each.
+  of ``tests/test_hub.py``), runs a whole recipe, fuzzes the loaders (``tests/test_fuzz_loading.py``: 40 loads a
+  test), or trains/generates long enough on tiny models to take over a second; seconds to tens of seconds each.
 - `bnb`: needs bitsandbytes; skipped automatically when it is not installed.
 - `gpu`: needs a CUDA device; skipped automatically when `torch.cuda.is_available()` is False.
 
