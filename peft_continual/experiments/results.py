@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,23 +127,37 @@ def _percent_with_error(value: float | None, examples: int) -> str:
     return f"{100 * value:.1f} ± {100 * standard_error(value, examples):.1f}" if examples else _percent(value)
 
 
+# The columns that tell apart the runs of one comparison: (header, the row's value or None)
+_RUN_COLUMNS = (
+    ("seed", lambda row: row.seed),
+    ("fold", lambda row: row.fold),
+    ("train %", lambda row: None if row.train_fraction is None else f"{100 * row.train_fraction:g}"),
+    ("K-shot split", lambda row: row.k_shot),
+)
+
+
+def _run_columns(rows: Sequence[ResultRow]) -> tuple[str, Callable[[ResultRow], str]]:
+    """The header cells of the run columns some row has a value for, and a function giving a row's cells for them:
+    without them, the runs of a sweep over seeds, folds, fractions or splits would read as repeated rows."""
+    present = [(name, value) for name, value in _RUN_COLUMNS if any(value(row) is not None for row in rows)]
+    header = "".join(f" {name} |" for name, _ in present)
+    return header, lambda row: "".join(f" {'-' if value(row) is None else value(row)} |" for _, value in present)
+
+
 def markdown_table(rows: Sequence[ResultRow]) -> str:
     """A Markdown table of the rows (accuracies in %, each with its binomial standard error on the row's ``n``
-    records); a seed column when some row has a seed, a fold column when some row has a fold."""
-    seeded = any(row.seed is not None for row in rows)
-    folded = any(row.fold is not None for row in rows)
+    records), with a seed, fold, train % or K-shot split column where some row has one."""
+    run_header, run_cells = _run_columns(rows)
     lines = [
-        f"| task | stage |{' seed |' if seeded else ''}{' fold |' if folded else ''} generation acc. % (± s.e.) "
+        f"| task | stage |{run_header} generation acc. % (± s.e.) "
         "| restricted acc. % (± s.e.) | slot F1 % | outside label set | n | trainable params | stored params "
         "| % of base |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if seeded else "") + ("---|" if folded else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * run_header.count("|"),
     ]
     for row in rows:
         stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
-        seed = f" {'-' if row.seed is None else row.seed} |" if seeded else ""
-        seed += f" {'-' if row.fold is None else row.fold} |" if folded else ""
         lines.append(
-            f"| {row.task} | {row.stage}{f' (= {row.carried_from})' if row.carried_from else ''} |{seed} "
+            f"| {row.task} | {row.stage}{f' (= {row.carried_from})' if row.carried_from else ''} |{run_cells(row)} "
             f"{_percent_with_error(row.generation, row.examples)} | {_percent_with_error(row.restricted, row.examples)} "
             f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
             f"| {row.examples} | {row.trainable_parameters or '-'} | {row.stored_parameters or '-'} | {stored} |"
@@ -152,12 +166,15 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
 
 
 def per_class_table(rows: Sequence[ResultRow]) -> str:
-    """A Markdown table of the classification rows' classes: gold count, generated predictions, recall."""
-    lines = ["| task | stage | class | gold | predicted | recall % |", "|---|---|---|---|---|---|"]
+    """A Markdown table of the classification rows' classes: gold count, generated predictions, recall (with the
+    run columns of ``markdown_table``)."""
+    run_header, run_cells = _run_columns(rows)
+    lines = [f"| task | stage |{run_header} class | gold | predicted | recall % |",
+             "|---|---|---|---|---|---|" + "---|" * run_header.count("|")]  # fmt: skip
     for row in rows:
         for label, counts in (row.per_class or {}).items():
             lines.append(
-                f"| {row.task} | {row.stage} | {label} | {counts['gold']} | {counts['predicted']} "
+                f"| {row.task} | {row.stage} |{run_cells(row)} {label} | {counts['gold']} | {counts['predicted']} "
                 f"| {_percent(counts['recall'])} |"
             )
     return "\n".join(lines) if len(lines) > 2 else ""

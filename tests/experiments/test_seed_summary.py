@@ -56,6 +56,22 @@ def test_the_rows_table_gets_a_seed_column_only_when_rows_have_seeds():
     )
 
 
+def test_the_runs_of_a_fraction_sweep_are_told_apart_by_share_and_seed_in_both_tables():
+    from peft_continual.experiments.results import per_class_table
+
+    classes = {"negative": {"gold": 30, "predicted": 8, "recall": 0.1}}
+    rows = [ResultRow("sentiment", "p_tuning", accuracy, None, None, 0, 226, seed=seed, train_fraction=fraction,
+                      per_class=classes) for fraction, seed, accuracy in [(1.0, 0, 0.93), (0.01, 0, 0.76)]]  # fmt: skip
+    table = markdown_table(rows)
+    assert "| task | stage | seed | train % | generation acc. % (± s.e.) |" in table
+    assert "| p_tuning | 0 | 100 | 93.0 ± 1.7 |" in table and "| p_tuning | 0 | 1 | 76.0 ± 2.8 |" in table
+    assert all(line.count("|") == table.splitlines()[0].count("|") for line in table.splitlines())
+    per_class = per_class_table(rows).splitlines()
+    assert per_class[0] == "| task | stage | seed | train % | class | gold | predicted | recall % |"
+    assert per_class[3] == "| sentiment | p_tuning | 0 | 1 | negative | 30 | 8 | 10.0 |"
+    assert all(line.count("|") == per_class[0].count("|") for line in per_class)
+
+
 def test_the_best_technique_is_told_apart_from_others_only_outside_two_standard_errors():
     from peft_continual.experiments.seed_summary import noise_table
 
