@@ -38,6 +38,19 @@ def wait_for_everyone() -> None:
         PartialState().wait_for_everyone()
 
 
+def end_processes() -> None:
+    """The last call of a run under ``accelerate launch``/``torchrun``: every process waits for the others, then the
+    process group is destroyed (accelerate's ``destroy_process_group``). Left to the interpreter's exit, a gloo
+    group's threads can be torn down while still joinable and abort a process that had finished its work
+    ("terminate called without an active exception", exit status -6), failing a run that did everything. Alone: a
+    no-op."""
+    if distributed():
+        from accelerate import PartialState
+
+        wait_for_everyone()
+        PartialState().destroy_process_group()
+
+
 def across_processes(run: Callable[[list[Item]], list[Answer]], items: Sequence[Item]) -> list[Answer]:
     """``run(items)``, with the work split between the processes: each process runs its contiguous share (the first
     ``len(items) % N`` processes one item more) and every process gets all the answers back, in the items' order.

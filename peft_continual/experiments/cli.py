@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from peft_continual.errors import ConfigError, PeftContinualError
+from peft_continual.processes import end_processes
 
 TRACEBACK_VARIABLE = "PEFT_CONTINUAL_TRACEBACK"
 
@@ -141,6 +142,7 @@ def run_recipe(
     warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute in the model")
     try:
         main(*parse(dataclass_types, argv))
+        end_processes()
     except PeftContinualError as error:
         if os.environ.get(TRACEBACK_VARIABLE):
             raise

@@ -21,7 +21,7 @@ from peft_continual.data.records import read_jsonl  # noqa: E402
 from peft_continual.data.templates import TaskTemplate  # noqa: E402
 from peft_continual.data.tokenize import PromptTokenizer  # noqa: E402
 from peft_continual.evaluation import LabelNormalization, TaskEvaluation, evaluate_tasks, report  # noqa: E402
-from peft_continual.processes import distributed, is_main_process  # noqa: E402
+from peft_continual.processes import distributed, end_processes, is_main_process  # noqa: E402
 from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model  # noqa: E402
 
 TEMPLATE = TaskTemplate("sentiment", "{sentence}\nSentiment: {label}", 0, [], "label")
@@ -45,6 +45,7 @@ def main(output: Path, data_dir: Path) -> None:
     if is_main_process():
         saved = {"distributed": distributed(), "metrics": result.metrics, "predictions": result.predictions}
         output.write_text(json.dumps(saved, indent=1))
+    end_processes()
 
 
 def count_generated_records() -> list[int]:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from peft_continual.data.records import records_from_dicts  # noqa: E402
 from peft_continual.data.templates import TaskTemplate  # noqa: E402
 from peft_continual.data.tokenize import PromptTokenizer  # noqa: E402
+from peft_continual.processes import end_processes  # noqa: E402
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume  # noqa: E402
 from peft_continual.tuners.continual_prompt import ContinualPromptConfig  # noqa: E402
 from tests.conftest import SMOLLM2_TOKENIZER_DIR, build_tiny_model  # noqa: E402
@@ -92,6 +93,7 @@ def main(output_dir: Path, per_device_batch: int, stop_after: int | None = None)
     if stop_after is None and PartialState().is_main_process:
         model.freeze_tasks()
         model.save_pretrained(output_dir / "table")
+    end_processes()  # as a recipe ends (``run_recipe``): without it gloo could abort a finished process at exit
 
 
 if __name__ == "__main__":
