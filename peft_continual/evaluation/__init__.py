@@ -3,6 +3,7 @@
 ``evaluate_tasks`` is the entry point; the modules below it each do one step and can be used alone.
 """
 
+from peft_continual.evaluation.calibration import calibrate_choice, content_free_log_prior
 from peft_continual.evaluation.during_training import ValidationAccuracy
 from peft_continual.evaluation.generate import generate_answers, generate_token_ids
 from peft_continual.evaluation.labels import LabelNormalization
@@ -22,7 +23,9 @@ __all__ = [
     "TaskKind",
     "TaskResult",
     "ValidationAccuracy",
+    "calibrate_choice",
     "classification_metrics",
+    "content_free_log_prior",
     "evaluate_task",
     "evaluate_tasks",
     "generate_answers",

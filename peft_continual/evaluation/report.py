@@ -14,9 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from peft_continual.data.records import TaskRecord, template_for
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError, DuplicateTaskError, UnknownTaskError, allowed
+from peft_continual.evaluation.calibration import calibrate_choice, content_free_log_prior
 from peft_continual.evaluation.generate import generate_answers
 from peft_continual.evaluation.metrics import classification_metrics, intent_slot_metrics
 from peft_continual.evaluation.restricted import RestrictedChoice, score_candidates
@@ -29,9 +32,11 @@ from peft_continual.processes import across_processes, is_main_process
 class TaskResult:
     """One task's metrics and per-record predictions.
 
-    ``metrics`` is a plain JSON-ready dict: ``{"generation": {...}, "restricted": {...}}`` (a mode that was not run,
-    or has no candidates, is absent). ``predictions`` has one dict per record: ``source``, ``reference``,
-    ``generated`` (raw text), ``prediction`` (normalised label, or intent) and ``restricted`` (chosen candidate).
+    ``metrics`` is a plain JSON-ready dict: ``{"generation": {...}, "restricted": {...}, "calibrated": {...}}`` (a
+    mode that was not run, or has no candidates, is absent; ``calibrated`` where ``TaskEvaluation.calibrate``, with
+    the ``content_free_prior`` it divided by). ``predictions`` has one dict per record: ``source``, ``reference``,
+    ``generated`` (raw text), ``prediction`` (normalised label, or intent), ``restricted`` (chosen candidate) and,
+    when calibrated, ``calibrated``.
     """
 
     taskname: str
@@ -221,6 +226,13 @@ def evaluate_tasks(
         )
         for i, choice in zip(scored, found, strict=True):
             choices[i] = choice
+    priors = {}  # taskname -> (C,) log prior of the content-free inputs, for the tasks calibrated
+    if restricted:
+        for name in (name for name in candidates if by_name[name].calibrate):
+            priors[name] = content_free_log_prior(
+                model, prompt_tokenizer, name, candidates[name], batch_size=scoring_batch_size,
+                pass_virtual_tokens=pass_virtual_tokens,
+            )  # fmt: skip
     return {
         name: _task_result(
             by_name[name],
@@ -231,6 +243,7 @@ def evaluate_tasks(
             generation,
             restricted and name in candidates,
             num_shown,
+            priors.get(name),
         )
         for name, idx in groups.items()
     }
@@ -245,6 +258,7 @@ def _task_result(
     generation: bool,
     restricted: bool,
     num_shown: int,
+    log_prior: torch.Tensor | None = None,
 ) -> TaskResult:
     result = TaskResult(task.taskname, task.kind)
     normalised: list[str | None] = [None] * len(records)
@@ -265,19 +279,31 @@ def _task_result(
             metrics = _restricted_metrics(task, [choices[i] for i in kept], [references[i] for i in kept])
         metrics["num_skipped"] = len(records) - len(kept)
         result.metrics["restricted"] = metrics
-    for record, reference, text, prediction, choice in zip(
-        records, references, texts, normalised, choices, strict=True
+    calibrated: list[RestrictedChoice | None] = [None] * len(records)
+    if restricted and log_prior is not None:
+        candidates = task.candidates()
+        calibrated = [None if c is None else calibrate_choice(c, log_prior, candidates) for c in choices]
+        kept = [i for i, choice in enumerate(calibrated) if choice is not None]
+        metrics = {"num_examples": 0}
+        if kept:
+            metrics = _restricted_metrics(task, [calibrated[i] for i in kept], [references[i] for i in kept])
+        metrics["num_skipped"] = len(records) - len(kept)
+        metrics["content_free_prior"] = dict(zip(task.labels.labels, log_prior.exp().tolist(), strict=True))
+        result.metrics["calibrated"] = metrics
+    for record, reference, text, prediction, choice, corrected in zip(
+        records, references, texts, normalised, choices, calibrated, strict=True
     ):
         gold = reference if isinstance(reference, str) else reference.intent
-        result.predictions.append(
-            {
-                "source": record.source,
-                "reference": gold,
-                "generated": text,
-                "prediction": prediction,
-                "restricted": None if choice is None or task.labels is None else task.labels.labels[choice.index],
-            }
-        )
+        answers = {
+            "source": record.source,
+            "reference": gold,
+            "generated": text,
+            "prediction": prediction,
+            "restricted": None if choice is None or task.labels is None else task.labels.labels[choice.index],
+        }
+        if log_prior is not None:
+            answers["calibrated"] = None if corrected is None else task.labels.labels[corrected.index]
+        result.predictions.append(answers)
     return result
 
 

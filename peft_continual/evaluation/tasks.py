@@ -58,6 +58,15 @@ class TaskEvaluation:
             "scores a token tree of all the intents for each record)."
         },
     )
+    calibrate: bool = field(
+        default=False,
+        metadata={
+            "help": "Also report restricted choice after contextual calibration (`calibrated` in the metrics): each "
+            "candidate's probability divided by its mean probability for content-free inputs ('N/A', '', '[MASK]' "
+            "in the template's input fields), which takes the label prior the prompt learned out of its answers. "
+            "Needs restricted scoring."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.taskname, str) or not self.taskname:
@@ -85,6 +94,13 @@ class TaskEvaluation:
             raise ConfigError(
                 f"task {self.taskname!r}: restricted=True needs labels (the intents to choose among); give "
                 "labels=LabelNormalization([...]) or set restricted=False"
+            )
+        if not isinstance(self.calibrate, bool):
+            raise ConfigError(f"task {self.taskname!r}: calibrate must be true or false, got {self.calibrate!r}")
+        if self.calibrate and not self.restricted:
+            raise ConfigError(
+                f"task {self.taskname!r}: calibrate=True corrects restricted choice, which is off for the task; "
+                "set restricted=True or calibrate=False"
             )
 
     def candidates(self) -> CandidateSet | None:

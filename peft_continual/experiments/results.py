@@ -55,6 +55,9 @@ class ResultRow:
     ``None``: all."""
     k_shot: str | None = None
     """The LM-BFF split this row's model was trained on (``16-13``...), where one result of K-shot x seeds."""
+    calibrated: float | None = None
+    """Restricted-choice accuracy (intent accuracy) after contextual calibration, where the task's evaluation has
+    ``calibrate`` (``peft_continual.evaluation.calibration``); its per-class counts are in ``per_class``."""
 
     @property
     def stored_percent(self) -> float | None:
@@ -82,6 +85,7 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
     """Pick the headline metrics of one task's ``TaskResult``."""
     generation = result.metrics.get("generation", {})
     restricted = result.metrics.get("restricted", {})
+    calibrated = result.metrics.get("calibrated", {})
     macro_f1 = generation.get("macro_f1") if result.kind is TaskKind.CLASSIFICATION else None
     if result.kind is TaskKind.CLASSIFICATION:
         main, slot_f1, outside = generation.get("accuracy"), None, generation.get("num_outside_label_set")
@@ -97,6 +101,10 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
                     "recall": generation["recall_per_class"].get(label)}
             for label, gold in generation["gold_per_class"].items()
         }  # fmt: skip
+        if "predicted_per_class" in calibrated:  # the calibrated choices' counts beside the generated answers'
+            for label, of_class in per_class.items():
+                of_class["calibrated_predicted"] = calibrated["predicted_per_class"][label]
+                of_class["calibrated_recall"] = calibrated["recall_per_class"].get(label)
     return ResultRow(
         result.taskname,
         stage,
@@ -108,6 +116,7 @@ def result_row(stage: str, result: TaskResult, **counts: int | None) -> ResultRo
         **counts,
         per_class=per_class,
         macro_f1=macro_f1,
+        calibrated=calibrated.get("accuracy", calibrated.get("intent_accuracy")),
     )
 
 
@@ -148,18 +157,20 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
     """A Markdown table of the rows (accuracies in %, each with its binomial standard error on the row's ``n``
     records), with a seed, fold, train % or K-shot split column where some row has one."""
     run_header, run_cells = _run_columns(rows)
+    calibrated = any(row.calibrated is not None for row in rows)
     lines = [
-        f"| task | stage |{run_header} generation acc. % (± s.e.) "
-        "| restricted acc. % (± s.e.) | slot F1 % | outside label set | n | trainable params | stored params "
-        "| % of base |",
-        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * run_header.count("|"),
+        f"| task | stage |{run_header} generation acc. % (± s.e.) | restricted acc. % (± s.e.) |"
+        f"{' calibrated acc. % (± s.e.) |' if calibrated else ''} slot F1 % | outside label set | n "
+        "| trainable params | stored params | % of base |",
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (run_header.count("|") + calibrated),
     ]
     for row in rows:
         stored = "-" if row.stored_percent is None else f"{row.stored_percent:.4f}"
+        calibrated_cell = f" {_percent_with_error(row.calibrated, row.examples)} |" if calibrated else ""
         lines.append(
             f"| {row.task} | {row.stage}{f' (= {row.carried_from})' if row.carried_from else ''} |{run_cells(row)} "
             f"{_percent_with_error(row.generation, row.examples)} | {_percent_with_error(row.restricted, row.examples)} "
-            f"| {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
+            f"|{calibrated_cell} {_percent(row.slot_f1)} | {'-' if row.outside_label_set is None else row.outside_label_set} "
             f"| {row.examples} | {row.trainable_parameters or '-'} | {row.stored_parameters or '-'} | {stored} |"
         )
     return "\n".join(lines)
@@ -167,15 +178,22 @@ def markdown_table(rows: Sequence[ResultRow]) -> str:
 
 def per_class_table(rows: Sequence[ResultRow]) -> str:
     """A Markdown table of the classification rows' classes: gold count, generated predictions, recall (with the
-    run columns of ``markdown_table``)."""
+    run columns of ``markdown_table``), and the calibrated choices' predictions and recall where a row has them."""
     run_header, run_cells = _run_columns(rows)
-    lines = [f"| task | stage |{run_header} class | gold | predicted | recall % |",
-             "|---|---|---|---|---|---|" + "---|" * run_header.count("|")]  # fmt: skip
+    calibrated = any("calibrated_predicted" in counts for row in rows for counts in (row.per_class or {}).values())
+    calibrated_header = " calibrated predicted | calibrated recall % |" if calibrated else ""
+    lines = [f"| task | stage |{run_header} class | gold | predicted | recall % |{calibrated_header}",
+             "|---|---|---|---|---|---|" + "---|" * (run_header.count("|") + 2 * calibrated)]  # fmt: skip
     for row in rows:
         for label, counts in (row.per_class or {}).items():
+            calibrated_cells = (
+                f" {counts.get('calibrated_predicted', '-')} | {_percent(counts.get('calibrated_recall'))} |"
+                if calibrated
+                else ""
+            )
             lines.append(
                 f"| {row.task} | {row.stage} |{run_cells(row)} {label} | {counts['gold']} | {counts['predicted']} "
-                f"| {_percent(counts['recall'])} |"
+                f"| {_percent(counts['recall'])} |{calibrated_cells}"
             )
     return "\n".join(lines) if len(lines) > 2 else ""
 

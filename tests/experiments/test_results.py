@@ -63,3 +63,33 @@ def test_the_classes_of_a_classification_row_show_a_collapse_onto_one_class(tmp_
     assert "Per class (generated answers)" in (tmp_path / "results.md").read_text()
     save_rows(tmp_path / "rows.json", "k", [row])
     assert read_saved_rows(tmp_path / "rows.json", "k") == [row]
+
+
+def test_a_calibrated_row_shows_its_accuracy_and_classes_beside_the_restricted_ones_in_both_tables(tmp_path):
+    from peft_continual.evaluation.report import TaskResult
+    from peft_continual.evaluation.tasks import TaskKind
+    from peft_continual.experiments.results import per_class_table, result_row
+
+    gold = ["neutral", "neutral", "negative", "positive"]
+    metrics = {
+        "generation": classification_metrics(["neutral"] * 4, gold, LABELS),
+        "restricted": classification_metrics(["neutral"] * 4, gold, LABELS),
+        "calibrated": classification_metrics(["neutral", "positive", "negative", "positive"], gold, LABELS),
+    }
+    calibrated = result_row("round 2", TaskResult("sentiment_no", TaskKind.CLASSIFICATION, metrics))
+    plain = result_row(
+        "round 1", TaskResult("sentiment", TaskKind.CLASSIFICATION, {"generation": metrics["generation"]})
+    )
+    assert (calibrated.restricted, calibrated.calibrated, plain.calibrated) == (0.5, 0.75, None)
+    assert calibrated.per_class["negative"] == {
+        "gold": 1, "predicted": 0, "recall": 0.0, "calibrated_predicted": 1, "calibrated_recall": 1.0,
+    }  # fmt: skip
+    table = markdown_table([plain, calibrated]).splitlines()
+    assert "| restricted acc. % (± s.e.) | calibrated acc. % (± s.e.) |" in table[0]
+    assert table[3].startswith("| sentiment_no | round 2 | 50.0 ± 25.0 | 50.0 ± 25.0 | 75.0 ± 21.7 | - |")
+    assert table[2].startswith("| sentiment | round 1 | 50.0 ± 25.0 | - | - | - |")
+    assert {len(line.split("|")) for line in table} == {len(table[0].split("|"))}
+    classes = per_class_table([plain, calibrated]).splitlines()
+    assert "| sentiment_no | round 2 | negative | 1 | 0 | 0.0 | 1 | 100.0 |" in classes
+    assert "| sentiment | round 1 | negative | 1 | 0 | 0.0 | - | - |" in classes
+    assert "calibrated" not in markdown_table([plain]) + per_class_table([plain])
