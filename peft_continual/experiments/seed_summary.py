@@ -44,6 +44,8 @@ class SeedSummary:
     """The share of the training records of every run summarised (a data-fraction sweep); ``None``: all."""
     examples: list[int] = field(default_factory=list)
     """Test records of each run."""
+    calibrated: list[float] = field(default_factory=list)
+    """Restricted-choice accuracy after contextual calibration, of the runs that have it (``TaskEvaluation.calibrate``)."""
 
     def headline(self) -> tuple[str, list[float]]:
         """The accuracy compared across techniques: restricted choice where measured, else generation."""
@@ -76,6 +78,14 @@ class SeedSummary:
         return _std(self.restricted)
 
     @property
+    def calibrated_mean(self) -> float | None:
+        return _mean(self.calibrated)
+
+    @property
+    def calibrated_std(self) -> float | None:
+        return _std(self.calibrated)
+
+    @property
     def macro_f1_mean(self) -> float | None:
         return _mean(self.macro_f1)
 
@@ -85,7 +95,7 @@ class SeedSummary:
 
     def to_dict(self) -> dict:
         names = ("generation_mean", "generation_std", "restricted_mean", "restricted_std", "macro_f1_mean",
-                 "macro_f1_std")  # fmt: skip
+                 "macro_f1_std", "calibrated_mean", "calibrated_std")  # fmt: skip
         return {
             "task": self.task,
             "stage": self.stage,
@@ -94,6 +104,7 @@ class SeedSummary:
             "generation": self.generation,
             "restricted": self.restricted,
             "macro_f1": self.macro_f1,
+            "calibrated": self.calibrated,
             **{name: getattr(self, name) for name in names},
         }
 
@@ -116,7 +127,7 @@ def summarize_over_seeds(rows: Sequence[ResultRow], over: str = "seed") -> list[
         summary.seeds.append(getattr(row, over))
         summary.examples.append(row.examples)
         for values, value in ((summary.generation, row.generation), (summary.restricted, row.restricted),
-                              (summary.macro_f1, row.macro_f1)):  # fmt: skip
+                              (summary.macro_f1, row.macro_f1), (summary.calibrated, row.calibrated)):  # fmt: skip
             if value is not None:
                 values.append(value)
     return list(groups.values())
@@ -134,13 +145,15 @@ def _range(values: Sequence[float]) -> str:
 
 def seed_table(summaries: Sequence[SeedSummary]) -> str:
     """A Markdown table: per (task, stage), the seeds (or folds), mean ± sample std and range of both accuracies and
-    the mean ± std of the generated answers' macro-F1 (in %)."""
+    the mean ± std of the generated answers' macro-F1 (in %), and of the calibrated accuracy where some run has it."""
     over = summaries[0].over if summaries else "seed"
     swept = any(s.train_fraction is not None for s in summaries)
+    calibrated = any(s.calibrated for s in summaries)
     lines = [
         f"| task | stage |{' train % |' if swept else ''} {over}s | generation acc. % (mean ± std) | range "
-        "| restricted acc. % (mean ± std) | range | macro-F1 % (mean ± std) |",
-        "|---|---|---|---|---|---|---|---|" + ("---|" if swept else ""),
+        "| restricted acc. % (mean ± std) | range | macro-F1 % (mean ± std) |"
+        + (" calibrated acc. % (mean ± std) | range |" if calibrated else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if swept else "") + ("---|---|" if calibrated else ""),
     ]
     for s in summaries:
         seeds = ", ".join("-" if seed is None else str(seed) for seed in s.seeds)
@@ -149,6 +162,7 @@ def seed_table(summaries: Sequence[SeedSummary]) -> str:
             f"| {s.task} | {s.stage} |{share} {seeds} | {_mean_std(s.generation_mean, s.generation_std)} "
             f"| {_range(s.generation)} | {_mean_std(s.restricted_mean, s.restricted_std)} | {_range(s.restricted)} "
             f"| {_mean_std(s.macro_f1_mean, s.macro_f1_std)} |"
+            + (f" {_mean_std(s.calibrated_mean, s.calibrated_std)} | {_range(s.calibrated)} |" if calibrated else "")
         )
     return "\n".join(lines)
 

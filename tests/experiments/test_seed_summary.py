@@ -35,6 +35,23 @@ def test_the_table_shows_mean_std_and_range_in_percent():
     single = seed_table(summarize_over_seeds([row("zero_shot", 0.5, None, None)]))
     assert "| sentiment | zero_shot | - | 50.0 | - | - | - | - |" in single
 
+    assert "calibrated" not in table + single
+
+
+def test_calibrated_accuracy_gets_its_mean_std_and_range_where_runs_have_it():
+    rows = [ResultRow("sentiment_no", "p_tuning", 0.5, 0.52, None, 0, 200, seed=seed, calibrated=calibrated)
+            for seed, calibrated in enumerate([0.60, 0.64, 0.59])]  # fmt: skip
+    rows.append(row("lora", 0.55, 0.55, 0, task="sentiment_no"))
+    p_tuning, lora = summarize_over_seeds(rows)
+    assert p_tuning.calibrated == [0.60, 0.64, 0.59] and lora.calibrated == []
+    assert p_tuning.calibrated_std == pytest.approx(statistics.stdev([0.60, 0.64, 0.59]))
+    assert p_tuning.to_dict()["calibrated_mean"] == pytest.approx(0.61)
+    table = seed_table([p_tuning, lora]).splitlines()
+    assert table[0].endswith("| calibrated acc. % (mean ± std) | range |")
+    assert table[2].endswith(f"| 61.0 ± {100 * p_tuning.calibrated_std:.1f} | 59.0-64.0 |")
+    assert table[3].endswith("| - | - |")
+    assert {len(line.split("|")) for line in table} == {len(table[0].split("|"))}
+
 
 def test_folds_summarize_like_seeds_with_their_macro_f1():
     rows = [ResultRow("sentiment", "lora", accuracy, None, None, 0, 20, fold=fold, macro_f1=f1)
