@@ -14,6 +14,7 @@ correction per task, three extra scored records, and the candidates' order stays
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,11 +80,13 @@ def content_free_log_prior(
     choices = score_candidates(
         model, prompt_tokenizer, records, {taskname: candidates}, progress=False, **scoring_kwargs
     )
-    scored = [torch.tensor(choice.scores, dtype=torch.float32) for choice in choices if choice is not None]
+    scored = [torch.tensor(choice.scores, dtype=torch.float64) for choice in choices if choice is not None]
     if not scored:
         raise PeftContinualError(f"task {taskname!r}: no content-free input fits the prompt; cannot calibrate")
-    probabilities = torch.stack([scores.softmax(dim=0) for scores in scored]).mean(dim=0)  # (C,)
-    return probabilities.log()
+    # the log of the mean of the softmaxes, in log space: a candidate 200 nats under the best (64 intents) keeps a
+    # finite log prior instead of exp() underflowing to 0 and its -inf winning every record
+    log_probabilities = torch.stack([scores.log_softmax(dim=0) for scores in scored])  # (inputs, C)
+    return (torch.logsumexp(log_probabilities, dim=0) - math.log(len(scored))).float()
 
 
 def calibrate_choice(choice: RestrictedChoice, log_prior: torch.Tensor, candidates: CandidateSet) -> RestrictedChoice:

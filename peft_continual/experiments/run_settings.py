@@ -13,6 +13,7 @@ upgrade does not strand finished runs.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
 from pathlib import Path
@@ -81,9 +82,10 @@ def training_settings(training: Any, names: Iterable[str]) -> dict[str, Any]:
 
 def setting_defaults(*classes: type) -> dict[str, Any]:
     """The default of every field of the dataclasses ``classes`` that has one, by field name (for
-    ``check_run_settings``)."""
+    ``check_run_settings``), and of the fields of the dataclasses they hold (a task's ``evaluation``, its ``labels``):
+    a field added to a nested config is then the same run at its default too."""
     defaults: dict[str, Any] = {}
-    for cls in classes:
+    for cls in _with_nested_dataclasses(classes):
         for f in fields(cls):
             if f.default is not MISSING:
                 value = f.default
@@ -93,6 +95,27 @@ def setting_defaults(*classes: type) -> dict[str, Any]:
                 continue  # a required field: every run gives it
             defaults.setdefault(f.name, asdict(value) if is_dataclass(value) else value)
     return defaults
+
+
+def _with_nested_dataclasses(classes: Iterable[type]) -> list[type]:
+    """``classes`` and, after them, every dataclass type their fields are annotated with (``X`` or ``X | None``),
+    recursively, each once."""
+    found: list[type] = []
+    pending = list(classes)
+    while pending:
+        cls = pending.pop(0)
+        if cls in found:
+            continue
+        found.append(cls)
+        try:
+            annotations = typing.get_type_hints(cls)
+        except (NameError, TypeError):  # an annotation this module cannot resolve: its own fields still count
+            continue
+        for annotation in annotations.values():
+            pending += [
+                t for t in (annotation, *typing.get_args(annotation)) if isinstance(t, type) and is_dataclass(t)
+            ]
+    return found
 
 
 def differences(saved: Any, current: Any, defaults: Mapping[str, Any] | None = None, key: str = "") -> list[str]:

@@ -1,6 +1,8 @@
 """Contextual calibration: the prompt's answer to content-free inputs is measured through the task's own template
 and divided out of restricted choice."""
 
+import math
+
 import pytest
 import torch
 
@@ -92,3 +94,25 @@ def test_calibration_needs_restricted_choice():
         TaskEvaluation("intent", kind="intent_and_slot", calibrate=True)
     with pytest.raises(ConfigError, match="calibrate must be true or false"):
         TaskEvaluation("sentiment", labels=LABELS, calibrate="yes")
+
+
+def test_a_candidate_far_below_the_others_on_content_free_inputs_keeps_a_finite_prior(monkeypatch, smollm2_tokenizer):
+    """Summed log-probabilities of long candidates (64 intents) can differ by hundreds of nats: exp() of the
+    difference underflows, and a log prior of -inf would make that candidate win every record."""
+    from peft_continual.evaluation import calibration
+    from peft_continual.evaluation.restricted import CandidateSet, RestrictedChoice
+
+    scores = {"N/A": [0.0, -200.0], "": [0.0, -300.0], "[MASK]": [0.0, -250.0]}
+    monkeypatch.setattr(
+        calibration, "score_candidates",
+        lambda model, tokenizer, records, candidates, **kwargs: [
+            RestrictedChoice(0, "a", scores[record.fields["sentence"]]) for record in records
+        ],
+    )  # fmt: skip
+    prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [SENTIMENT])
+    candidates = CandidateSet(("a", "b"))
+    prior = calibration.content_free_log_prior(None, prompt_tokenizer, "sentiment", candidates)
+    assert torch.isfinite(prior).all()
+    assert prior[1].item() == pytest.approx(-200.0 - math.log(3), abs=1e-3)  # the largest of the three dominates
+    choice = calibration.calibrate_choice(RestrictedChoice(0, "a", [0.0, -150.0]), prior, candidates)
+    assert choice.text == "b"  # 150 nats under `a` here, 200 under it with no content: the input speaks for `b`

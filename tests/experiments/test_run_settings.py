@@ -67,3 +67,19 @@ def test_a_setting_added_since_is_the_same_run_at_its_default_and_another_run_ot
         check_run_settings(tmp_path, balanced, defaults)
     with pytest.raises(ConfigError, match="balance_labels: not set then, False now"):
         check_run_settings(tmp_path, at_default)  # without the defaults, any new key is a difference
+
+
+def test_a_field_added_to_a_tasks_evaluation_since_is_the_same_run_at_its_default(tmp_path):
+    """``calibrate`` came to ``TaskEvaluation`` (a task's ``evaluation``) after runs had been saved without it."""
+    from peft_continual.experiments.run_settings import setting_defaults
+    from peft_continual.experiments.task_files import TaskSpec
+
+    evaluation = {"kind": "classification", "labels": {"labels": ["positive", "negative"]}, "max_new_tokens": 4}
+    check_run_settings(tmp_path, {"task": {"taskname": "sentiment", "evaluation": evaluation}})
+    defaults = setting_defaults(TaskSpec)
+    assert defaults["calibrate"] is False and defaults["first_line_only"] is True  # TaskEvaluation, LabelNormalization
+    unchanged = {"task": {"taskname": "sentiment", "evaluation": evaluation | {"calibrate": False}}}
+    check_run_settings(tmp_path, unchanged, defaults)
+    calibrated = {"task": {"taskname": "sentiment", "evaluation": evaluation | {"calibrate": True}}}
+    with pytest.raises(ConfigError, match="task.evaluation.calibrate: not set then, True now"):
+        check_run_settings(tmp_path, calibrated, defaults)
