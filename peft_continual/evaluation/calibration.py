@@ -10,6 +10,10 @@ what the model answers when the input says nothing, and divides each candidate's
 The content-free inputs are the record's template with every input field set to one of ``CONTENT_FREE_TEXTS`` (the
 paper's three), virtual tokens included: the prompt's own bias, measured through the prompt. Nothing is trained; one
 correction per task, three extra scored records, and the candidates' order stays where the prior is uniform.
+
+Not for a task with a neutral class: a content-free input is neutral, the prompt rightly says so, and dividing that
+out removes the class (on ``sentiment_no`` it cost 16-25 points; docs: results, "Contextual calibration does not
+rescue it").
 """
 
 from __future__ import annotations
