@@ -84,12 +84,23 @@ def content_free_log_prior(
     choices = score_candidates(
         model, prompt_tokenizer, records, {taskname: candidates}, progress=False, **scoring_kwargs
     )
+    if not any(choice is not None for choice in choices):
+        raise PeftContinualError(f"task {taskname!r}: no content-free input fits the prompt; cannot calibrate")
+    return mean_log_distribution(choices)
+
+
+def mean_log_distribution(choices: Sequence[RestrictedChoice | None]) -> torch.Tensor:
+    """(C,) float32: the log of the mean over ``choices`` (``None`` skipped) of the softmax over candidates of their
+    scores. As ``calibration_prior: inputs`` (batch calibration, Zhou et al., 2023) it is the prior of a task's own
+    evaluated records: their inputs, never their labels.
+
+    Computed in log space and float64: a candidate 200 nats under the best (64 intents) keeps a finite log prior
+    instead of exp() underflowing to 0 and its -inf winning every record.
+    """
     scored = [torch.tensor(choice.scores, dtype=torch.float64) for choice in choices if choice is not None]
     if not scored:
-        raise PeftContinualError(f"task {taskname!r}: no content-free input fits the prompt; cannot calibrate")
-    # the log of the mean of the softmaxes, in log space: a candidate 200 nats under the best (64 intents) keeps a
-    # finite log prior instead of exp() underflowing to 0 and its -inf winning every record
-    log_probabilities = torch.stack([scores.log_softmax(dim=0) for scores in scored])  # (inputs, C)
+        raise PeftContinualError("no scored record to take a prior from")
+    log_probabilities = torch.stack([scores.log_softmax(dim=0) for scores in scored])  # (records, C)
     return (torch.logsumexp(log_probabilities, dim=0) - math.log(len(scored))).float()
 
 

@@ -19,7 +19,7 @@ import torch
 from peft_continual.data.records import TaskRecord, template_for
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError, DuplicateTaskError, UnknownTaskError, allowed
-from peft_continual.evaluation.calibration import calibrate_choice, content_free_log_prior
+from peft_continual.evaluation.calibration import calibrate_choice, content_free_log_prior, mean_log_distribution
 from peft_continual.evaluation.generate import generate_answers
 from peft_continual.evaluation.metrics import classification_metrics, intent_slot_metrics
 from peft_continual.evaluation.restricted import RestrictedChoice, score_candidates
@@ -34,7 +34,7 @@ class TaskResult:
 
     ``metrics`` is a plain JSON-ready dict: ``{"generation": {...}, "restricted": {...}, "calibrated": {...}}`` (a
     mode that was not run, or has no candidates, is absent; ``calibrated`` where ``TaskEvaluation.calibrate``, with
-    the ``content_free_prior`` it divided by). ``predictions`` has one dict per record: ``source``, ``reference``,
+    the ``prior`` it divided by and where it came from, ``prior_from``). ``predictions`` has one dict per record: ``source``, ``reference``,
     ``generated`` (raw text), ``prediction`` (normalised label, or intent), ``restricted`` (chosen candidate) and,
     when calibrated, ``calibrated``.
     """
@@ -226,13 +226,16 @@ def evaluate_tasks(
         )
         for i, choice in zip(scored, found, strict=True):
             choices[i] = choice
-    priors = {}  # taskname -> (C,) log prior of the content-free inputs, for the tasks calibrated
+    priors = {}  # taskname -> (C,) log prior divided out of the restricted choices, for the tasks calibrated
     if restricted:
         for name in (name for name in candidates if by_name[name].calibrate):
-            priors[name] = content_free_log_prior(
-                model, prompt_tokenizer, name, candidates[name], batch_size=scoring_batch_size,
-                pass_virtual_tokens=pass_virtual_tokens,
-            )  # fmt: skip
+            if by_name[name].calibration_prior == "inputs" and any(choices[i] for i in groups[name]):
+                priors[name] = mean_log_distribution([choices[i] for i in groups[name]])
+            elif by_name[name].calibration_prior == "content_free":
+                priors[name] = content_free_log_prior(
+                    model, prompt_tokenizer, name, candidates[name], batch_size=scoring_batch_size,
+                    pass_virtual_tokens=pass_virtual_tokens,
+                )  # fmt: skip
     return {
         name: _task_result(
             by_name[name],
@@ -288,7 +291,8 @@ def _task_result(
         if kept:
             metrics = _restricted_metrics(task, [calibrated[i] for i in kept], [references[i] for i in kept])
         metrics["num_skipped"] = len(records) - len(kept)
-        metrics["content_free_prior"] = dict(zip(task.labels.labels, log_prior.exp().tolist(), strict=True))
+        metrics["prior"] = dict(zip(task.labels.labels, log_prior.exp().tolist(), strict=True))
+        metrics["prior_from"] = task.calibration_prior
         result.metrics["calibrated"] = metrics
     for record, reference, text, prediction, choice, corrected in zip(
         records, references, texts, normalised, choices, calibrated, strict=True

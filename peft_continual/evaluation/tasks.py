@@ -12,6 +12,9 @@ from peft_continual.evaluation.labels import LabelNormalization
 from peft_continual.evaluation.restricted import CandidateSet
 from peft_continual.evaluation.slots import intent_answer_prefix
 
+CALIBRATION_PRIORS = ("content_free", "inputs")
+"""Where ``TaskEvaluation.calibrate`` takes its prior from (``peft_continual.evaluation.calibration``)."""
+
 
 class TaskKind(str, Enum):
     """How a task's answers are scored."""
@@ -67,6 +70,14 @@ class TaskEvaluation:
             "Needs restricted scoring."
         },
     )
+    calibration_prior: str = field(
+        default="content_free",
+        metadata={
+            "help": "The prior `calibrate` divides out: `content_free` (the mean answer to content-free inputs; "
+            "wrong for a task with a neutral class, which such inputs deserve) or `inputs` (batch calibration: the "
+            "mean answer over the task's own evaluated records, their inputs only, never their labels)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.taskname, str) or not self.taskname:
@@ -97,6 +108,11 @@ class TaskEvaluation:
             )
         if not isinstance(self.calibrate, bool):
             raise ConfigError(f"task {self.taskname!r}: calibrate must be true or false, got {self.calibrate!r}")
+        if self.calibration_prior not in CALIBRATION_PRIORS:
+            raise ConfigError(
+                f"task {self.taskname!r}: calibration_prior={self.calibration_prior!r} is not one of "
+                f"{allowed(CALIBRATION_PRIORS)}"
+            )
         if self.calibrate and not self.restricted:
             raise ConfigError(
                 f"task {self.taskname!r}: calibrate=True corrects restricted choice, which is off for the task; "

@@ -67,7 +67,7 @@ def test_a_prompt_that_answers_one_class_for_every_input_is_corrected(tiny_llama
     task = TaskEvaluation("sentiment", labels=LABELS, calibrate=True)
     (result,) = evaluate_tasks(model, prompt_tokenizer, records(), [task], generation=False, progress=False).values()
     assert [p["restricted"] for p in result.predictions] == ["neutral"] * len(SENTENCES)
-    prior = result.metrics["calibrated"]["content_free_prior"]
+    prior = result.metrics["calibrated"]["prior"]
     assert prior["neutral"] > 0.99 and sum(prior.values()) == pytest.approx(1.0, abs=1e-6)
     scored = score_candidates(model, prompt_tokenizer, records(), {"sentiment": task.candidates()}, progress=False)
     log_prior = torch.tensor([prior[label] for label in LABELS.labels]).log()
@@ -116,3 +116,21 @@ def test_a_candidate_far_below_the_others_on_content_free_inputs_keeps_a_finite_
     assert prior[1].item() == pytest.approx(-200.0 - math.log(3), abs=1e-3)  # the largest of the three dominates
     choice = calibration.calibrate_choice(RestrictedChoice(0, "a", [0.0, -150.0]), prior, candidates)
     assert choice.text == "b"  # 150 nats under `a` here, 200 under it with no content: the input speaks for `b`
+
+
+def test_batch_calibration_divides_out_the_mean_answer_of_the_records_evaluated(tiny_llama, smollm2_tokenizer):
+    """``calibration_prior: inputs``: the prior is the mean over the task's own records of the candidates' softmax
+    (their inputs, never their labels), so no content-free input is scored."""
+    model = leaning_to(tiny_llama, smollm2_tokenizer, "neutral")
+    prompt_tokenizer = PromptTokenizer(smollm2_tokenizer, [SENTIMENT])
+    task = TaskEvaluation("sentiment", labels=LABELS, calibrate=True, calibration_prior="inputs")
+    (result,) = evaluate_tasks(model, prompt_tokenizer, records(), [task], generation=False, progress=False).values()
+    scored = score_candidates(model, prompt_tokenizer, records(), {"sentiment": task.candidates()}, progress=False)
+    mean = torch.stack([torch.tensor(c.scores, dtype=torch.float64).softmax(dim=0) for c in scored]).mean(dim=0)
+    prior = result.metrics["calibrated"]["prior"]
+    assert result.metrics["calibrated"]["prior_from"] == "inputs"
+    torch.testing.assert_close(torch.tensor([prior[label] for label in LABELS.labels], dtype=torch.float64), mean)
+    expected = [LABELS.labels[int(torch.argmax(torch.tensor(c.scores) - mean.log().float()))] for c in scored]
+    assert [p["calibrated"] for p in result.predictions] == expected and set(expected) != {"neutral"}
+    with pytest.raises(ConfigError, match="calibration_prior='test' is not one of"):
+        TaskEvaluation("sentiment", labels=LABELS, calibrate=True, calibration_prior="test")
