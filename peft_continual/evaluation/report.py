@@ -99,6 +99,19 @@ def _restricted_metrics(task: TaskEvaluation, choices: Sequence[RestrictedChoice
     }
 
 
+def _scored_choice_metrics(
+    task: TaskEvaluation, choices: Sequence[RestrictedChoice | None], references: Sequence
+) -> dict[str, Any]:
+    """``_restricted_metrics`` of the records that were scored, and ``num_skipped`` for those that were not (too
+    long): restricted choice, and restricted choice calibrated."""
+    kept = [i for i, choice in enumerate(choices) if choice is not None]
+    metrics: dict[str, Any] = {"num_examples": 0}
+    if kept:
+        metrics = _restricted_metrics(task, [choices[i] for i in kept], [references[i] for i in kept])
+    metrics["num_skipped"] = len(choices) - len(kept)
+    return metrics
+
+
 def _references(task: TaskEvaluation, records: Sequence[TaskRecord], prompt_tokenizer: PromptTokenizer) -> list:
     """Gold answers: canonical labels (classification) or parsed intent and slots (intent normalised if a set)."""
     references = []
@@ -276,21 +289,12 @@ def _task_result(
         for i, prediction in zip(kept, predictions, strict=True):
             normalised[i] = prediction
     if restricted:
-        kept = [i for i, choice in enumerate(choices) if choice is not None]
-        metrics = {"num_examples": 0}
-        if kept:
-            metrics = _restricted_metrics(task, [choices[i] for i in kept], [references[i] for i in kept])
-        metrics["num_skipped"] = len(records) - len(kept)
-        result.metrics["restricted"] = metrics
+        result.metrics["restricted"] = _scored_choice_metrics(task, choices, references)
     calibrated: list[RestrictedChoice | None] = [None] * len(records)
-    if restricted and log_prior is not None:
+    if log_prior is not None:
         candidates = task.candidates()
         calibrated = [None if c is None else calibrate_choice(c, log_prior, candidates) for c in choices]
-        kept = [i for i, choice in enumerate(calibrated) if choice is not None]
-        metrics = {"num_examples": 0}
-        if kept:
-            metrics = _restricted_metrics(task, [calibrated[i] for i in kept], [references[i] for i in kept])
-        metrics["num_skipped"] = len(records) - len(kept)
+        metrics = _scored_choice_metrics(task, calibrated, references)
         metrics["prior"] = dict(zip(task.labels.labels, log_prior.exp().tolist(), strict=True))
         metrics["prior_from"] = task.calibration_prior
         result.metrics["calibrated"] = metrics
