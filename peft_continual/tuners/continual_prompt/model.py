@@ -13,7 +13,6 @@ The round cycle: train (encoder) -> ``freeze_tasks()`` (encoder outputs copied i
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -36,15 +35,12 @@ from peft_continual.tuners.continual_prompt.sharded import (
     whole_embedding,
     with_absent_tasks_in_the_graph,
 )
-from peft_continual.tuners.continual_prompt.stacked import (
-    StackedAdapters,
-    check_prompt_adapter,
-    check_stacked_names,
-)
+from peft_continual.tuners.continual_prompt.stacked import StackedAdapters, check_prompt_adapter
+from peft_continual.tuners.continual_prompt.stacked_methods import StackedAdapterMethods
 from peft_continual.tuners.continual_prompt.table import PromptTable
 
 
-class ContinualPromptModel(PeftTunerBase):
+class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
     """Task-conditioned prompt encoder + frozen prompt table, placed at virtual-token positions of each row.
 
     Built by PEFT (``get_peft_model``, ``PeftModel.from_pretrained``), not by hand.
@@ -53,8 +49,8 @@ class ContinualPromptModel(PeftTunerBase):
     stand (placeholder ids there are ignored), and ``tasknames``, a list of ``B`` task names.
 
     LoRA or IA3 adapters given in ``ContinualPromptConfig(stacked_adapters=...)`` live in the same model (PEFT's own
-    layers inside the base model); see ``peft_continual.tuners.continual_prompt.stacked`` for the design, and the
-    methods below for their switches, training and merging.
+    layers inside the base model); see ``peft_continual.tuners.continual_prompt.stacked`` for the design, and
+    ``stacked_methods.StackedAdapterMethods`` for their switches, training and merging.
 
     Attributes:
         prompt_table: Frozen rows of finished tasks.
@@ -71,9 +67,6 @@ class ContinualPromptModel(PeftTunerBase):
         >>> model.freeze_tasks(); model.prompt_table.counts()
         {'sentiment': 4}
     """
-
-    _stacked: StackedAdapters | None = None  # PEFT's LoraModel/IA3Model on the same base, and its switch
-    _prompts_enabled: bool = True
 
     # ------------------------------------------------------------------ building
     def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
@@ -273,155 +266,11 @@ class ContinualPromptModel(PeftTunerBase):
             config.templates, config.training_tasks, config.inference_mode = saved
             raise
 
-    # ------------------------------------------------------------------ stacked LoRA/IA3 (``stacked``)
-    @property
-    def stacked_tuner(self) -> Any:
-        """PEFT's tuner of the stacked adapters (``LoraModel``/``IA3Model``), or ``None``."""
-        return self._stacked.tuner if self._stacked else None
-
-    @property
-    def stacked_adapter_names(self) -> tuple[str, ...]:
-        """Names of the stacked adapters, in config order (the names of ``adapter_names=[...]``)."""
-        return self._stacked.names if self._stacked else ()
-
     def prompt_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the open rounds' encoders (every prompt adapter), trainable or not."""
         for name in self.peft_config:
             yield from self._adapter_parameters(name)
 
-    def stacked_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the stacked adapters' layers, trainable or not."""
-        if self._stacked:
-            yield from self._stacked.parameters()
-
     @property
     def _prompts_active(self) -> bool:
         return self._adapters_enabled and self._prompts_enabled
-
-    def inject_adapter(self, model: nn.Module, adapter_name: str, **kwargs: Any) -> None:
-        """Build a prompt adapter (it freezes the base model, and with it any stacked layer: their flags are kept)."""
-        flags = [(parameter, parameter.requires_grad) for parameter in self.stacked_parameters()]
-        super().inject_adapter(model, adapter_name, **kwargs)
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-
-    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """PEFT's cast of LoRA/IA3 weights to float32 on a 16-bit base (what ``PeftModel`` does for LoRA alone)."""
-        if self._stacked and adapter_name == self._stacked.owner:
-            self._stacked.cast_dtype(autocast_adapter_dtype)
-
-    def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        """The master switch (``disable_adapter()``, ``disable_adapter_layers()``): prompts and stacked adapters."""
-        super()._enable_adapter_layers(enabled)
-        if self._stacked:
-            self._stacked.sync(self._adapters_enabled)
-
-    @contextlib.contextmanager
-    def disable_prompts(self) -> Iterator[None]:
-        """``with model.disable_prompts():`` runs the base model with the stacked adapters only.
-
-        Placeholder ids at virtual positions are embedded as ordinary tokens, as in ``disable_adapter()``.
-        """
-        was = self._prompts_enabled
-        self._prompts_enabled = False
-        try:
-            yield
-        finally:
-            self._prompts_enabled = was
-
-    @contextlib.contextmanager
-    def disable_stacked_adapters(self) -> Iterator[None]:
-        """``with model.disable_stacked_adapters():`` runs the prompts on the base model without LoRA/IA3.
-
-        Raises:
-            ConfigError: the model has no stacked adapters.
-        """
-        stacked = self._require_stacked("disable_stacked_adapters()")
-        was = stacked.enabled
-        stacked.enabled = False
-        stacked.sync(self._adapters_enabled)
-        try:
-            yield
-        finally:
-            stacked.enabled = was
-            if self._stacked is stacked:  # not unloaded inside the block
-                stacked.sync(self._adapters_enabled)
-
-    def set_stacked_adapter(self, adapter_name: str | Sequence[str], inference_mode: bool = False) -> None:
-        """Make stacked adapter(s) active for rows without ``adapter_names``; several active ones add up.
-
-        As PEFT's ``set_adapter``: the active adapters become trainable unless ``inference_mode``, the others frozen.
-        The choice is saved (``active_stacked_adapters``).
-        """
-        stacked = self._require_stacked("set_stacked_adapter()")
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        check_stacked_names(names, stacked, list(self.peft_config))
-        stacked.set_active(names, inference_mode)
-        self.peft_config[stacked.owner].active_stacked_adapters = names
-
-    def set_requires_grad(self, adapter_names: str | Sequence[str], requires_grad: bool = True) -> None:
-        """PEFT's ``model.set_requires_grad``: a prompt adapter name means its encoder, a stacked name its layers.
-
-        Staged training freezes one side: ``model.set_requires_grad("lora", False)`` trains the prompts alone,
-        ``model.set_requires_grad("default", False)`` (the prompt adapter) trains the LoRA alone.
-        """
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        stacked = [name for name in names if name not in self.peft_config]
-        check_stacked_names(stacked, self._stacked, list(self.peft_config))
-        if stacked:
-            self._stacked.set_requires_grad(stacked, requires_grad)
-        for name in names:
-            if name in self.peft_config:
-                for parameter in self._adapter_parameters(name):
-                    parameter.requires_grad_(requires_grad)
-
-    @contextlib.contextmanager
-    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
-        """Called by ``PeftModel.forward``/``generate`` with their kwargs: hands ``adapter_names`` to LoRA's hooks."""
-        adapter_names = kwargs.get("adapter_names")
-        if adapter_names is None:
-            yield
-            return
-        stacked = self._require_stacked("adapter_names")
-        stacked.check_per_row()
-        check_stacked_names([name for name in adapter_names if name != "__base__"], stacked, list(self.peft_config))
-        with stacked.per_row_hooks(self.training, *args, **kwargs):
-            yield
-
-    def merge_and_unload(
-        self, progressbar: bool = False, safe_merge: bool = False, adapter_names: list[str] | None = None
-    ) -> nn.Module:
-        """Merge the stacked LoRA into the base weights and remove its layers; the prompts keep working.
-
-        The ``PeftModel`` goes on serving (and saving) the prompts on the merged base; its config forgets the
-        stacked adapters and its fingerprint becomes the merged base's. Returns the merged base model, as PEFT does.
-        """
-        return self._unload_stacked(True, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
-
-    def unload(self) -> nn.Module:
-        """Remove the stacked adapters' layers without merging them; the prompts keep working. Returns the base."""
-        return self._unload_stacked(False)
-
-    def _unload_stacked(self, merge: bool, **kwargs: Any) -> nn.Module:
-        stacked = self._require_stacked("merge_and_unload()" if merge else "unload()")
-        stacked.remove(merge, **kwargs)
-        self._stacked = None
-        self.model.peft_config = self.peft_config  # PEFT's unload deletes it from the base model
-        config = self.peft_config[stacked.owner]
-        config.stacked_adapters, config.active_stacked_adapters = {}, None
-        config.base_model_fingerprint = fingerprint(self.model)
-        return self.model
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """Drop a prompt adapter; its stacked adapters are unloaded with it (not merged)."""
-        if self._stacked and adapter_name == self._stacked.owner:
-            self.unload()
-        super().delete_adapter(adapter_name)
-
-    def _require_stacked(self, what: str) -> StackedAdapters:
-        if self._stacked is None:
-            raise ConfigError(
-                f"{what} needs stacked adapters; adapter(s) {allowed(self.peft_config)} have none "
-                "(set ContinualPromptConfig(stacked_adapters=LoraConfig(...)))"
-            )
-        return self._stacked
