@@ -17,6 +17,7 @@ from peft_continual.tuners.continual_prompt.encoder import TaskPromptEncoder, te
 
 ROOT = Path(__file__).resolve().parents[3]
 P_TUNING_CONFIG = ROOT / "recipes" / "configs" / "p_tuning" / "smollm2_135m.yaml"
+ENCODER_CONFIGS = [P_TUNING_CONFIG, ROOT / "recipes" / "configs" / "p_tuning_lora" / "smollm2_135m.yaml"]
 STEPS = 10
 
 
@@ -49,8 +50,9 @@ def prompt_tuning_distance() -> float:
     return distance_after(0.0, rates["start_rows_learning_rate"])
 
 
-def test_the_configs_rates_move_the_tokens_like_prompt_tuning(prompt_tuning_distance):
-    rates = yaml.safe_load(P_TUNING_CONFIG.read_text())
+@pytest.mark.parametrize("config", ENCODER_CONFIGS, ids=lambda path: path.parent.name)
+def test_the_configs_rates_move_the_tokens_like_prompt_tuning(prompt_tuning_distance, config):
+    rates = yaml.safe_load(config.read_text())
     ours = distance_after(rates["learning_rate"], rates["start_rows_learning_rate"])
     assert prompt_tuning_distance <= ours < 1.5 * prompt_tuning_distance
 
