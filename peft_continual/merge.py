@@ -5,7 +5,7 @@ Two teams each trained and froze their tasks (``freeze_tasks``, ``save_pretraine
 base model and without touching a row: each task's rows are copied bit for bit, with its template, its virtual-token
 count and its task-name ids. It refuses what would serve wrong answers or lose work: tables of another base model
 (the fingerprints differ; both are named), tasks still in training (no rows yet), tables that carry LoRA/IA3 weights
-(one set of weights cannot serve two tables' tasks), and a task name found in two tables, unless the user says which
+(one set of weights cannot serve two tables' tasks), tables of different ``prompt_depth``, and a task name found in two tables, unless the user says which
 one to keep (``prefer``) or renames one (``renames``). The merged table's card lists where each task came from and
 keeps the results the sources' cards listed.
 
@@ -152,6 +152,7 @@ def merge_tables(
         raise ConfigError(f"--rename names source(s) {unknown} that are not among the tables {allowed(sources)}")
     tables = [read_table(source, revision=revision, token=token) for source in sources]
     _check_same_base(tables)
+    _check_same_depth(tables)
     chosen = _choose_tasks(tables, renames, prefer)  # new name -> (table, old name)
     merged = _merged_config(tables[0].config, chosen)
     rows = {_ROW_KEY + task_key(new): table.rows[old].contiguous() for new, (table, old) in chosen.items()}
@@ -184,6 +185,16 @@ def _check_same_base(tables: Sequence[SourceTable]) -> None:
                 f"{first.source} was trained on base model {_base(first)} and {table.source} on {_base(table)}; they "
                 f"differ in {', '.join(differing)}, so their rows cannot serve from one base model"
             )
+
+
+def _check_same_depth(tables: Sequence[SourceTable]) -> None:
+    """Refuse tables of different ``prompt_depth``: one table's rows are all ``(n, prompt_depth * D)``."""
+    depths = {table.source: table.config.get("prompt_depth", 1) for table in tables}
+    if len(set(depths.values())) > 1:
+        raise ConfigError(
+            f"the tables have different prompt_depth ({', '.join(f'{s}: {d}' for s, d in depths.items())}): the "
+            "layers their rows act on differ, so they cannot serve from one table"
+        )
 
 
 def _base(table: SourceTable) -> str:

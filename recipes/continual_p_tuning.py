@@ -190,6 +190,7 @@ def first_round_config(recipe: ContinualArguments, round_specs: list, tokenizer)
         templates=[s.template for s in round_specs],
         encoder_type=recipe.encoder_type,
         encoder_hidden_size=recipe.encoder_hidden_size,
+        prompt_depth=recipe.prompt_depth,
     ).tokenize_tasknames(tokenizer)
 
 

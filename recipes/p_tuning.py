@@ -45,6 +45,7 @@ def main(args: SingleTaskArguments, encoder: EncoderArguments, training: Continu
         templates=[template],
         encoder_type=encoder.encoder_type,
         encoder_hidden_size=encoder.encoder_hidden_size,
+        prompt_depth=encoder.prompt_depth,
         init_text=encoder.init_text,
     )
     model = get_peft_model(base, config.tokenize_tasknames(tokenizer))

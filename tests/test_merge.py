@@ -24,7 +24,7 @@ from tests.tuners.continual_prompt.conftest import (
 ROWS = [("sentiment", [4, [20, 21, 22]]), ("intent", [[30, 31], 3]), ("topic", [[40], 2, [41], 3, [42]])]
 
 
-def save_table(path, templates, seed, base_seed=0):
+def save_table(path, templates, seed, base_seed=0, **config_kwargs):
     """Freeze and save a table of ``templates`` built on ``tiny_model(seed=base_seed)``."""
     from peft import get_peft_model
 
@@ -32,7 +32,9 @@ def save_table(path, templates, seed, base_seed=0):
     from tests.tuners.continual_prompt.conftest import TASKNAME_IDS
 
     config = ContinualPromptConfig(
-        templates=list(templates), taskname_token_ids={t.taskname: TASKNAME_IDS[t.taskname] for t in templates}
+        templates=list(templates),
+        taskname_token_ids={t.taskname: TASKNAME_IDS[t.taskname] for t in templates},
+        **config_kwargs,
     )
     torch.manual_seed(seed)
     model = get_peft_model(tiny_model(seed=base_seed), config)
@@ -112,6 +114,17 @@ def test_tables_of_another_base_model_are_refused_naming_both(tmp_path, two_tabl
     foreign = save_table(tmp_path / "foreign", [TEMPLATE_C], seed=2, base_seed=7)
     with pytest.raises(ConfigError, match=r"team_a was trained on base model .* and .*foreign on .*embedding_sha256"):
         merge_tables([team_a, foreign], tmp_path / "merged")
+
+
+def test_tables_of_another_prompt_depth_are_refused_and_deep_tables_merge(tmp_path, two_tables):
+    team_a, _ = two_tables
+    deep_c = save_table(tmp_path / "deep_c", [TEMPLATE_C], seed=2, prompt_depth=2)
+    with pytest.raises(ConfigError, match=r"different prompt_depth \(.*team_a: 1, .*deep_c: 2\)"):
+        merge_tables([team_a, deep_c], tmp_path / "merged")
+    deep_a = save_table(tmp_path / "deep_a", [TEMPLATE_A], seed=1, prompt_depth=2)
+    merged = merge_tables([deep_a, deep_c], tmp_path / "merged")
+    rows = [ROWS[0], ROWS[1]]
+    assert torch.equal(logits(merged, rows)[0], logits(deep_a, rows[:1])[0])
 
 
 def test_open_rounds_stacked_adapters_and_foreign_files_are_refused(tmp_path, two_tables):

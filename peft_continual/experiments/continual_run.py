@@ -70,6 +70,11 @@ class ContinualArguments:
     encoder_hidden_size: int | None = field(
         default=None, metadata={"help": "Encoder width; None = model width, at most 256."}
     )
+    prompt_depth: int = field(
+        default=1,
+        metadata={"help": "Layers whose input holds the virtual tokens; 1 = the input embeddings, k > 1 also decoder "
+                  "layers 1..k-1 (deep prompts, P-tuning v2)."},
+    )  # fmt: skip
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})
     fewshot_eval_records: int | None = field(

@@ -250,6 +250,11 @@ class EncoderArguments:
         metadata={"help": "Ours: text whose embeddings start every virtual token; None: the template's init_text, "
                   "else the task name."},
     )  # fmt: skip
+    prompt_depth: int = field(
+        default=1,
+        metadata={"help": "Ours: layers whose input holds the virtual tokens; 1 = the input embeddings, k > 1 also "
+                  "decoder layers 1..k-1 (deep prompts, P-tuning v2)."},
+    )  # fmt: skip
 
 
 @dataclass

@@ -67,6 +67,10 @@ class ContinualPromptConfig(PeftConfig):
             of 15.3M parameters, trains as fast and was as accurate or better (``docs/content/benchmarks.md``).
         encoder_num_layers: LSTM layers, or linear layers of the MLP.
         encoder_dropout: Dropout inside the encoder.
+        prompt_depth: Layers whose input holds each task's virtual tokens: 1 (default) the input embeddings
+            (p-tuning, prompt tuning); ``k > 1`` also the inputs of decoder layers ``1..k-1`` (deep prompts, P-tuning
+            v2; see ``deep_prompts``), at most the base model's number of layers. Prompts and table rows are
+            ``(n_T, k * D)``.
         prompt_init: ``text`` (default): each task's virtual tokens start as the token embeddings of its init text
             (the template's ``init_text``, else this config's ``init_text``, else the task name, repeated to fill
             them), and ``lstm``/``mlp`` learn a correction on top that is zero at the start; ``random``: NeMo's
@@ -108,6 +112,13 @@ class ContinualPromptConfig(PeftConfig):
     )
     encoder_num_layers: int = field(default=2, metadata={"help": "LSTM layers, or linear layers of the MLP."})
     encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout probability inside the encoder."})
+    prompt_depth: int = field(
+        default=1,
+        metadata={
+            "help": "Layers whose input holds the virtual tokens: 1 = the input embeddings; k > 1 also decoder layers "
+            "1..k-1 (deep prompts, P-tuning v2), at most the base model's layer count."
+        },
+    )
     prompt_init: PromptInit = field(
         default=PromptInit.TEXT,
         metadata={
@@ -211,6 +222,8 @@ class ContinualPromptConfig(PeftConfig):
             )
         if not positive_int(self.encoder_num_layers):
             raise ConfigError(f"encoder_num_layers must be a positive integer, got {self.encoder_num_layers!r}")
+        if not positive_int(self.prompt_depth):
+            raise ConfigError(f"prompt_depth must be a positive integer, got {self.prompt_depth!r}")
         if not isinstance(self.encoder_dropout, (int, float)) or not 0 <= self.encoder_dropout < 1:
             raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
         if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):
@@ -251,6 +264,13 @@ class ContinualPromptConfig(PeftConfig):
     def task_templates(self) -> list[TaskTemplate]:
         """The templates as ``TaskTemplate`` objects, in config order."""
         return [TaskTemplate.from_dict(t, source=f"templates[{i}]") for i, t in enumerate(self.templates)]
+
+    @property
+    def row_width(self) -> int:
+        """Width of a task's prompt rows: ``token_dim * prompt_depth`` (``token_dim`` is filled on build)."""
+        if self.token_dim is None:
+            raise ConfigError("token_dim is filled when the model is built; build the model first")
+        return self.token_dim * self.prompt_depth
 
     def token_counts(self) -> dict[str, int]:
         """Task name -> ``total_virtual_tokens``, for every task of the config."""

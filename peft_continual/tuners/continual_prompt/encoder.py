@@ -49,8 +49,12 @@ class TaskPromptEncoder(nn.Module):
             encoder, which learns a correction on top, zero at the start); ``None``: NeMo's encoder, the prompt is the
             encoder's output alone.
         input_std: Standard deviation of the learned input rows (``lstm``/``mlp``); ``None``: ``nn.Embedding``'s 1.
+        layer_scales: Deep prompts (the config's ``prompt_depth`` ``k > 1``): ``(k,)`` scale of each layer's input
+            relative to the embeddings (``deep_prompts.layer_input_scales``). Each prompt is then ``(n_T, k * D)``,
+            one ``D``-wide slice per layer; slices ``1..k-1`` start at zero (init and start rows fill slice 0) and
+            are learned in units of their layer's scale. ``None``: ``k = 1``.
 
-    Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, D)`` float32.
+    Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, k * D)`` float32.
 
     Examples:
         >>> encoder = TaskPromptEncoder(8, {"a": 3, "b": 5}, {"a": [4], "b": [5, 6]}, "lstm", hidden_size=6)
@@ -71,8 +75,13 @@ class TaskPromptEncoder(nn.Module):
         init_rows: Mapping[str, torch.Tensor] | None = None,
         start_rows: Mapping[str, torch.Tensor] | None = None,
         input_std: float | None = None,
+        layer_scales: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
+        depth = 1 if layer_scales is None else len(layer_scales)
+        width = token_dim * depth
+        if layer_scales is not None:  # (k * D,): each slice's scale, repeated over its D columns
+            self.register_buffer("column_scales", torch.as_tensor(layer_scales).float().repeat_interleave(token_dim))
         self.encoder_type = EncoderType(encoder_type)
         self.counts = dict(counts)
         self.taskname_token_ids = {name: list(taskname_token_ids.get(name, [])) for name in self.counts}
@@ -81,7 +90,7 @@ class TaskPromptEncoder(nn.Module):
             self.prompts = nn.ParameterDict(
                 {
                     task_key(name): nn.Parameter(
-                        init_rows[name].detach().float().clone() if name in init_rows else torch.randn(count, token_dim)
+                        _widen(init_rows[name] if name in init_rows else torch.randn(count, token_dim), width)
                     )
                     for name, count in self.counts.items()
                 }
@@ -99,24 +108,31 @@ class TaskPromptEncoder(nn.Module):
                 batch_first=True,
             )
             self.head = nn.Sequential(
-                nn.Linear(2 * hidden_size, 2 * hidden_size), nn.ReLU(), nn.Linear(2 * hidden_size, token_dim)
+                nn.Linear(2 * hidden_size, 2 * hidden_size), nn.ReLU(), nn.Linear(2 * hidden_size, width)
             )
         else:
-            self.head = _mlp(token_dim, hidden_size, num_layers, dropout)
+            self.head = _mlp(token_dim, hidden_size, num_layers, dropout, width)
         if input_std is not None:
             nn.init.normal_(self.input_embeddings.weight, std=input_std)
         self.start_rows = None
         if start_rows is not None:
             self.start_rows = nn.ParameterDict(
-                {task_key(name): nn.Parameter(start_rows[name].detach().float().clone()) for name in self.counts}
+                {task_key(name): nn.Parameter(_widen(start_rows[name], width)) for name in self.counts}
             )
             nn.init.zeros_(self.head[-1].weight)  # the correction is zero at the start (the head ends in a Linear)
             nn.init.zeros_(self.head[-1].bias)
 
     @classmethod
-    def from_config(cls, config: Any, counts: Mapping[str, int], word_embeddings: nn.Module) -> TaskPromptEncoder:
+    def from_config(
+        cls,
+        config: Any,
+        counts: Mapping[str, int],
+        word_embeddings: nn.Module,
+        layer_scales: torch.Tensor | None = None,
+    ) -> TaskPromptEncoder:
         """The encoder a ``ContinualPromptConfig`` asks for, for the tasks of ``counts``, on the base model's
-        ``word_embeddings`` (its init texts' rows and its scale); token ids must be resolved already."""
+        ``word_embeddings`` (its init texts' rows and its scale); token ids must be resolved already. Deep prompts
+        (``prompt_depth > 1``) need the base model's ``layer_scales`` ``(k,)``."""
         embedding = config.encoder_type == EncoderType.EMBEDDING
         text_init = config.prompt_init == PromptInit.TEXT
         start = text_start_rows(word_embeddings, config.init_token_ids, counts) if text_init or embedding else None
@@ -131,6 +147,7 @@ class TaskPromptEncoder(nn.Module):
             init_rows=start if embedding else None,
             start_rows=start if text_init and not embedding else None,
             input_std=float(word_embeddings.weight.detach().float().std()) if text_init and not embedding else None,
+            layer_scales=layer_scales if config.prompt_depth > 1 else None,
         )
 
     @property
@@ -146,21 +163,25 @@ class TaskPromptEncoder(nn.Module):
             word_embeddings: The frozen base input embedding, ``(V, D)``; embeds the task names.
 
         Returns:
-            Task name -> prompt of shape ``(n_T, D)``.
+            Task name -> prompt of shape ``(n_T, k * D)``.
         """
         if self.encoder_type == EncoderType.EMBEDDING:
-            return {name: self.prompts[task_key(name)] for name in tasknames}
+            return {name: self._scaled(self.prompts[task_key(name)]) for name in tasknames}
         groups: dict[int, list[str]] = {}
         for name in tasknames:
             groups.setdefault(self.counts[name], []).append(name)
         prompts: dict[str, torch.Tensor] = {}
         for count, names in groups.items():
             inputs = torch.stack([self._task_input(name, count, word_embeddings) for name in names])  # (G, n, D)
-            outputs = self._encode(inputs)  # (G, n, D)
+            outputs = self._encode(inputs)  # (G, n, k * D)
             prompts.update(zip(names, outputs.unbind(0), strict=True))
         if self.start_rows is not None:
             prompts = {name: self.start_rows[task_key(name)] + rows for name, rows in prompts.items()}
-        return prompts
+        return {name: self._scaled(rows) for name, rows in prompts.items()}
+
+    def _scaled(self, rows: torch.Tensor) -> torch.Tensor:
+        """Deep prompts: ``(n, k * D)`` rows with slice ``j`` in its layer's units (see ``layer_scales``)."""
+        return rows * self.column_scales if hasattr(self, "column_scales") else rows
 
     def _task_input(self, taskname: str, count: int, word_embeddings: nn.Module) -> torch.Tensor:
         """Input rows of one task, ``(n_T, D)``: task-name word embeddings, then learned rows."""
@@ -174,7 +195,7 @@ class TaskPromptEncoder(nn.Module):
         return torch.cat([name_rows, learned[len(ids) :]])
 
     def _encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``(G, n, D)`` inputs -> ``(G, n, D)`` prompts, in float32 whatever autocast is active."""
+        """``(G, n, D)`` inputs -> ``(G, n, k * D)`` prompts, in float32 whatever autocast is active."""
         with torch.autocast(device_type=inputs.device.type, enabled=False):
             inputs = inputs.float()
             if self.encoder_type == EncoderType.LSTM:
@@ -182,17 +203,23 @@ class TaskPromptEncoder(nn.Module):
             return self.head(inputs)
 
 
-def _mlp(token_dim: int, hidden_size: int, num_layers: int, dropout: float) -> nn.Sequential:
-    """``num_layers`` linear layers ``D -> H -> ... -> H -> D`` with ReLU (and dropout) between them."""
+def _mlp(token_dim: int, hidden_size: int, num_layers: int, dropout: float, width: int) -> nn.Sequential:
+    """``num_layers`` linear layers ``D -> H -> ... -> H -> width`` with ReLU (and dropout) between them."""
     if num_layers == 1:
-        return nn.Sequential(nn.Linear(token_dim, token_dim))
-    sizes = [token_dim] + [hidden_size] * (num_layers - 1) + [token_dim]
+        return nn.Sequential(nn.Linear(token_dim, width))
+    sizes = [token_dim] + [hidden_size] * (num_layers - 1) + [width]
     layers: list[nn.Module] = []
     for i, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(size_in, size_out))
         if i < num_layers - 1:
             layers += [nn.ReLU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
+
+
+def _widen(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """A float32 copy of ``(n, D)`` rows with zero columns appended up to ``width`` (deep prompts' slices 1..k-1)."""
+    rows = rows.detach().float()
+    return torch.cat([rows, rows.new_zeros(rows.shape[0], width - rows.shape[1])], dim=1)
 
 
 def text_start_rows(

@@ -70,22 +70,34 @@ def inject_prompts(
         [[1.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 3.0]]
     """
     virtual_token_mask = _check_shapes(inputs_embeds, virtual_token_mask, tasknames)
+    values = gather_prompt_rows(virtual_token_mask, tasknames, prompts, inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(virtual_token_mask.unsqueeze(-1), values)
+
+
+def gather_prompt_rows(
+    virtual_token_mask: torch.Tensor,
+    tasknames: Sequence[str],
+    prompts: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The prompt row of every virtual position, in row-major order: ``(M, W)`` for the ``M`` True positions of
+    ``virtual_token_mask`` ``(B, L)`` (bool, on the target device), from prompts ``(n_T, W)`` (``W = k * D`` for deep
+    prompts, whose slices go to several layers). Raises as ``inject_prompts`` does."""
     present = list(dict.fromkeys(tasknames))  # distinct tasks, in order of first appearance
     unknown = [name for name in present if name not in prompts]
     if unknown:
         raise UnknownTaskError(f"batch rows name unknown task(s) {unknown}; known tasks: {allowed(prompts)}")
     counts = [prompts[name].shape[0] for name in present]
-    device = inputs_embeds.device
+    device = virtual_token_mask.device
     slot = {name: i for i, name in enumerate(present)}
     row_task = torch.tensor([slot[name] for name in tasknames], dtype=torch.long, device=device)  # (B,)
     _check_counts(virtual_token_mask, row_task, torch.tensor(counts, device=device), present)
 
-    table = torch.cat([prompts[name].to(device=device, dtype=inputs_embeds.dtype) for name in present])  # (P, D)
+    table = torch.cat([prompts[name].to(device=device, dtype=dtype) for name in present])  # (P, W)
     offsets = torch.tensor([0, *counts[:-1]], device=device).cumsum(0)  # (T,) first row of each task in `table`
     k = virtual_token_mask.long().cumsum(1) - 1  # (B, L): index of each virtual position within its row
     index = offsets[row_task].unsqueeze(1) + k  # (B, L): row of `table` for each virtual position
-    values = table.index_select(0, index[virtual_token_mask])  # (M, D), M = virtual positions, in row-major order
-    return inputs_embeds.masked_scatter(virtual_token_mask.unsqueeze(-1), values)
+    return table.index_select(0, index[virtual_token_mask])  # (M, W), M = virtual positions, in row-major order
 
 
 def _check_shapes(inputs_embeds: torch.Tensor, mask: torch.Tensor, tasknames: Sequence[str]) -> torch.Tensor:

@@ -13,6 +13,7 @@ The round cycle: train (encoder) -> ``freeze_tasks()`` (encoder outputs copied i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,9 +28,14 @@ from peft_continual.tuners.continual_prompt.config import (
     ContinualPromptConfig,
     default_encoder_hidden_size,
 )
+from peft_continual.tuners.continual_prompt.deep_prompts import (
+    DeepPromptHooks,
+    check_prompt_depth,
+    layer_input_scales,
+)
 from peft_continual.tuners.continual_prompt.encoder import TaskPromptEncoder
 from peft_continual.tuners.continual_prompt.fingerprint import check_fingerprint, fingerprint, name_or_path
-from peft_continual.tuners.continual_prompt.injection import check_prompt_batch, inject_prompts
+from peft_continual.tuners.continual_prompt.injection import check_prompt_batch, gather_prompt_rows, inject_prompts
 from peft_continual.tuners.continual_prompt.sharded import (
     call_with_whole_parameters,
     whole_embedding,
@@ -56,6 +62,9 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         prompt_table: Frozen rows of finished tasks.
         prompt_encoder: The open round's encoder, or ``None`` once its tasks are frozen.
 
+    With ``prompt_depth = k > 1`` (deep prompts) a prompt's first ``D`` columns go into the input embeddings and the
+    rest into the inputs of decoder layers ``1..k-1`` (``deep_prompts.DeepPromptHooks``, set up with the adapter).
+
     Examples:
         >>> from peft import get_peft_model
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,8 +79,8 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
 
     # ------------------------------------------------------------------ building
     def _build_adapter(self, adapter_name: str, config: ContinualPromptConfig) -> None:
-        """Check or record the base fingerprint, build the table (from config), the open round's encoder, the stacked
-        LoRA/IA3 adapters."""
+        """Check or record the base fingerprint, build the table (from config), the deep prompts' layer hooks, the open
+        round's encoder, the stacked LoRA/IA3 adapters."""
         check_prompt_adapter(adapter_name, config, self._stacked, list(self.peft_config))
         if config.base_model_fingerprint is not None:
             check_fingerprint(config.base_model_fingerprint, self.model)
@@ -83,9 +92,13 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
             config.encoder_hidden_size = default_encoder_hidden_size(config.token_dim)
         # adapter_config.json sorts dict keys; template order is the order in which tasks were added
         frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
-        table = PromptTable(config.token_dim, frozen).to(weight.device)
+        table = PromptTable(config.row_width, frozen).to(weight.device)
         table.add_listener(functools.partial(self._follow_table_change, adapter_name))
         getattr(self, TABLE_ATTR)[adapter_name] = table
+        if config.prompt_depth > 1:
+            check_prompt_depth(config.prompt_depth, self.model)
+            if self._deep_hooks is None:
+                self._deep_hooks = DeepPromptHooks(self.model)
         if config.training_tasks:
             self._build_encoder(adapter_name, config)
         if config.stacked_adapters:
@@ -97,7 +110,10 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         all_counts = config.token_counts()
         counts = {name: all_counts[name] for name in config.training_tasks}
         weight = self._word_embeddings().weight
-        encoder = TaskPromptEncoder.from_config(config, counts, self._word_embeddings())
+        scales = None
+        if config.prompt_depth > 1:
+            scales = layer_input_scales(self.model, config.init_token_ids, config.prompt_depth)
+        encoder = TaskPromptEncoder.from_config(config, counts, self._word_embeddings(), scales)
         encoder.to(weight.device)
         encoder.requires_grad_(not config.inference_mode)
         getattr(self, ENCODER_ATTR)[adapter_name] = encoder
@@ -106,6 +122,9 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         self.peft_config[adapter_name].follow_table_change(*event)  # the config PEFT holds now, not the one built
 
     # ------------------------------------------------------------------ state
+    _deep_hooks: DeepPromptHooks | None = None
+    """The decoder layers' hooks of deep prompts, set up by the first adapter with ``prompt_depth > 1``."""
+
     @property
     def _adapter(self) -> str:
         return self.active_adapters[0]
@@ -122,7 +141,7 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         return encoders[self._adapter] if self._adapter in encoders else None  # noqa: SIM401 (ModuleDict has no get)
 
     def task_prompts(self, tasknames: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        """Task name -> ``(n_T, D)`` prompt (table rows, or encoder output), for ``tasknames`` or every task.
+        """Task name -> ``(n_T, k * D)`` prompt (table rows, or encoder output), for ``tasknames`` or every task.
 
         Raises:
             UnknownTaskError: a name is neither in the table nor in training.
@@ -165,12 +184,13 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
             tasknames: ``B`` task names.
             kwargs: Passed to the base model.
         """
-        embeds = self._embed_with_prompts(input_ids, inputs_embeds, virtual_token_mask, tasknames)
+        embeds, deep = self._embed_with_prompts(input_ids, inputs_embeds, virtual_token_mask, tasknames)
         if embeds is not None:
             input_ids = None
-        return self.model(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=embeds, labels=labels, **kwargs
-        )
+        with self._placing_deep_prompts(virtual_token_mask, deep):
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=embeds, labels=labels, **kwargs
+            )
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``generate`` of the base model with the prompts written in at prefill.
@@ -191,10 +211,11 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
                 "generate with virtual tokens needs input_ids (with placeholder ids at virtual positions)"
             )
         with torch.no_grad():
-            embeds = self._embed_with_prompts(
+            embeds, deep = self._embed_with_prompts(
                 input_ids, kwargs.pop("inputs_embeds", None), virtual_token_mask, tasknames
             )
-        return self.model.generate(*args, input_ids=input_ids, inputs_embeds=embeds, **kwargs)
+        with self._placing_deep_prompts(virtual_token_mask, deep):  # the prefill; decoding steps hold no virtual token
+            return self.model.generate(*args, input_ids=input_ids, inputs_embeds=embeds, **kwargs)
 
     def _embed_with_prompts(
         self,
@@ -202,18 +223,37 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         inputs_embeds: torch.Tensor | None,
         virtual_token_mask: torch.Tensor | None,
         tasknames: Sequence[str] | None,
-    ) -> torch.Tensor | None:
-        """``(B, L, D)`` input embeddings with prompts injected; ``inputs_embeds`` unchanged without virtual tokens."""
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(B, L, D)`` input embeddings with prompts injected (``inputs_embeds`` unchanged without virtual tokens),
+        and the deep prompts' slices for layers ``1..k-1``, ``(M, k-1, D)`` for the ``M`` virtual positions (row-major),
+        or ``None`` at depth 1."""
         if virtual_token_mask is None and tasknames is None:
-            return inputs_embeds
+            return inputs_embeds, None
         check_prompt_batch(input_ids, inputs_embeds, virtual_token_mask, tasknames)
         if inputs_embeds is None:
             inputs_embeds = self._word_embeddings()(input_ids)
         if not self._prompts_active:
-            return inputs_embeds
+            return inputs_embeds, None
         tasknames = list(tasknames)
-        embeds = inject_prompts(inputs_embeds, virtual_token_mask, tasknames, self.task_prompts(tasknames))
-        return with_absent_tasks_in_the_graph(embeds, self.prompt_encoder, tasknames, self._word_embeddings())
+        prompts = self.task_prompts(tasknames)
+        width = inputs_embeds.shape[-1]
+        depth = self.peft_config[self._adapter].prompt_depth
+        deep = None
+        if depth > 1:
+            mask = virtual_token_mask.to(device=inputs_embeds.device, dtype=torch.bool)
+            deep_rows = {name: rows[:, width:] for name, rows in prompts.items()}
+            deep = gather_prompt_rows(mask, tasknames, deep_rows, inputs_embeds.dtype).unflatten(-1, (depth - 1, width))
+            prompts = {name: rows[:, :width] for name, rows in prompts.items()}
+        embeds = inject_prompts(inputs_embeds, virtual_token_mask, tasknames, prompts)
+        return with_absent_tasks_in_the_graph(embeds, self.prompt_encoder, tasknames, self._word_embeddings()), deep
+
+    def _placing_deep_prompts(
+        self, virtual_token_mask: torch.Tensor | None, deep: torch.Tensor | None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Around a call of the base model: the hooks write ``deep`` ``(M, k-1, D)`` at the virtual positions."""
+        if self._deep_hooks is None or deep is None:
+            return contextlib.nullcontext()
+        return self._deep_hooks.placing(virtual_token_mask.to(device=deep.device, dtype=torch.bool), deep)
 
     # ------------------------------------------------------------------ rounds
     def freeze_tasks(self) -> None:

@@ -172,12 +172,15 @@ TABLE_KEY = "continual_prompt_table.task:"
 
 
 def check_table_shapes(folder: Path, config: dict[str, Any], shapes: dict[str, list[int]]) -> None:
-    """Refuse weights whose table rows do not match the config: every frozen task's rows ``(n_T, token_dim)`` as
-    ``frozen_tasks`` and ``token_dim`` say, and no rows of a task the config does not list (checked before
-    ``load_state_dict``, which would fail half-way with a raw size-mismatch error)."""
+    """Refuse weights whose table rows do not match the config: every frozen task's rows ``(n_T, token_dim *
+    prompt_depth)`` as ``frozen_tasks``, ``token_dim`` and ``prompt_depth`` say, and no rows of a task the config
+    does not list (checked before ``load_state_dict``, which would fail half-way with a raw size-mismatch error)."""
     path, config_path = folder / SAFETENSORS_WEIGHTS_NAME, folder / CONFIG_NAME
     rows = {name.split(TABLE_KEY, 1)[1]: shape for name, shape in shapes.items() if TABLE_KEY in name}
-    frozen, width = config.get("frozen_tasks") or {}, config.get("token_dim")
+    frozen = config.get("frozen_tasks") or {}
+    width = config.get("token_dim")
+    if isinstance(width, int) and isinstance(config.get("prompt_depth", 1), int):
+        width *= config.get("prompt_depth", 1)  # deep prompts: one token_dim-wide slice per layer
     missing = sorted(set(frozen) - set(rows))
     if missing:
         raise AdapterFileError(
