@@ -154,10 +154,10 @@ def layer_input_scales(model: nn.Module, init_token_ids: Mapping[str, Sequence[i
     count = 0
     for ids in texts:
         sequence = torch.tensor([ids + ids], device=embedding.weight.device)
-        with torch.no_grad():
+        with torch.no_grad():  # PEFT's k-bit preparation marks the embeddings' output as needing grad even here
             hidden = model(input_ids=sequence, output_hidden_states=True, use_cache=False).hidden_states
-        for j in range(depth):
-            squares[j] += hidden[j][0, len(ids) :].double().pow(2).mean(-1).sum().cpu()
+            for j in range(depth):
+                squares[j] += hidden[j][0, len(ids) :].detach().double().pow(2).mean(-1).sum().cpu()
         count += len(ids)
     rms = (squares / count).sqrt()
     return (rms / rms[0]).float()

@@ -267,3 +267,19 @@ def test_a_later_round_leaves_the_frozen_deep_rows_bit_identical():
 def test_scales_without_init_texts_come_from_random_tokens():
     scales = layer_input_scales(three_layer_model(), {}, 2)
     assert scales.shape == (2,) and scales[0] == 1 and torch.isfinite(scales).all()
+
+
+def test_deep_prompts_train_and_load_with_lora_stacked_under_them(tmp_path):
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = deep_model(depth=3, stacked_adapters=lora)
+    model(**make_batch(MIXED_ROWS)).loss.backward()
+    assert all(p.grad is not None for p in model.prompt_encoder.parameters())
+    assert all(p.grad is not None for p in model.base_model.stacked_parameters())
+    model.freeze_tasks()
+    model.save_pretrained(tmp_path / "table")
+    loaded = PeftModel.from_pretrained(three_layer_model(), tmp_path / "table")
+    batch = {k: v for k, v in make_batch(MIXED_ROWS).items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, loaded(**batch).logits)

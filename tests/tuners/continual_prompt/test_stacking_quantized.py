@@ -225,3 +225,29 @@ def test_prompts_trained_on_an_fp32_base_load_on_an_nf4_base(base_dir, tmp_path)
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(load_base(base_dir, "nf4", training=False), tmp_path)
     assert loaded.prompt_table.row_hashes() == model.prompt_table.row_hashes()
+
+
+@pytest.mark.bnb
+@pytest.mark.parametrize("base", ["int8", "nf4"])
+def test_deep_prompts_train_on_quantized_bases_and_rows_mix(base_dir, base):
+    """Deep prompts on a quantized base (gradient checkpointing on, as ``load_quantized_model`` sets it): the loss
+    falls, the rows freeze at depth 2, and on nf4 each row of a mixed batch gets what it gets alone (LLM.int8 picks
+    its outlier columns from the whole batch, so its rows depend on their neighbours by design)."""
+    from tests.stacking_cases import alone
+    from tests.stacking_cases import train as train_steps
+
+    model = make_model(base_dir, base, "prompts", prompt_depth=2)
+    losses = train_steps(model, make_batch(MIXED_ROWS), steps=4)
+    assert losses[-1] < losses[0]
+    model.eval()
+    model.freeze_tasks()
+    assert set(model.prompt_table.shapes().values()) == {(4, 128), (5, 128)}
+    if base == "int8":
+        return
+    batch = make_batch(MIXED_ROWS)
+    with torch.enable_grad():  # see test_peft_qlora_merge_after_a_no_grad_cpu_forward_is_off
+        together = model(**batch).logits.detach()
+        for row in range(len(MIXED_ROWS)):
+            single = alone(batch, row)
+            length = single["input_ids"].shape[1]
+            torch.testing.assert_close(together[row, :length], model(**single).logits.detach()[0], atol=1e-3, rtol=1e-3)
