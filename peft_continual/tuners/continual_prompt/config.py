@@ -265,13 +265,6 @@ class ContinualPromptConfig(PeftConfig):
         """The templates as ``TaskTemplate`` objects, in config order."""
         return [TaskTemplate.from_dict(t, source=f"templates[{i}]") for i, t in enumerate(self.templates)]
 
-    @property
-    def row_width(self) -> int:
-        """Width of a task's prompt rows: ``token_dim * prompt_depth`` (``token_dim`` is filled on build)."""
-        if self.token_dim is None:
-            raise ConfigError("token_dim is filled when the model is built; build the model first")
-        return self.token_dim * self.prompt_depth
-
     def token_counts(self) -> dict[str, int]:
         """Task name -> ``total_virtual_tokens``, for every task of the config."""
         return {t["taskname"]: t["total_virtual_tokens"] for t in self.templates}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,9 +51,10 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 def check_prompt_depth(depth: int, model: nn.Module) -> None:
     """Refuse a depth larger than the base model's number of decoder layers."""
-    if depth > 1 and depth > len(decoder_layers(model)):
+    layers = len(decoder_layers(model)) if depth > 1 else 1
+    if depth > layers:
         raise ConfigError(
-            f"prompt_depth={depth} but the base model has {len(decoder_layers(model))} decoder layers; "
+            f"prompt_depth={depth} but the base model has {layers} decoder layers; "
             "prompt_depth counts the layers whose input holds the virtual tokens, at most that number"
         )
 
@@ -65,6 +66,8 @@ class _Placement:
 
     mask: torch.Tensor
     values: torch.Tensor
+    expanded: dict = field(default_factory=dict)
+    """Row count -> ``(mask, values)`` for it: computed by the first layer that sees it, reused by the others."""
 
 
 class DeepPromptHooks:
@@ -77,20 +80,10 @@ class DeepPromptHooks:
     """
 
     def __init__(self, model: nn.Module) -> None:
-        self.layers = decoder_layers(model)
         self._placement: _Placement | None = None
-        self._handles = [
-            layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
-            for index, layer in enumerate(self.layers)
-            if index > 0
-        ]
-
-    def remove(self) -> None:
-        """Take the hooks off the base model (unload)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._placement = None
+        for index, layer in enumerate(decoder_layers(model)):
+            if index > 0:
+                layer.register_forward_pre_hook(self._hook(index), with_kwargs=True)
 
     @contextlib.contextmanager
     def placing(self, mask: torch.Tensor | None, values: torch.Tensor | None) -> Iterator[None]:
@@ -108,7 +101,10 @@ class DeepPromptHooks:
                 return None
             in_kwargs = "hidden_states" in kwargs
             hidden = kwargs["hidden_states"] if in_kwargs else args[0]  # (B', L, D)
-            mask, values = _expanded(placement, hidden.shape[0])
+            rows = hidden.shape[0]
+            if rows not in placement.expanded:
+                placement.expanded[rows] = _expanded(placement, rows)
+            mask, values = placement.expanded[rows]
             if mask is None or tuple(hidden.shape[:2]) != tuple(mask.shape):
                 return None
             added = torch.zeros_like(hidden).masked_scatter(mask.unsqueeze(-1), values[:, index - 1].to(hidden.dtype))

@@ -92,7 +92,7 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
             config.encoder_hidden_size = default_encoder_hidden_size(config.token_dim)
         # adapter_config.json sorts dict keys; template order is the order in which tasks were added
         frozen = {name: config.frozen_tasks[name] for name in config.token_counts() if name in config.frozen_tasks}
-        table = PromptTable(config.row_width, frozen).to(weight.device)
+        table = PromptTable(config.token_dim * config.prompt_depth, frozen).to(weight.device)
         table.add_listener(functools.partial(self._follow_table_change, adapter_name))
         getattr(self, TABLE_ATTR)[adapter_name] = table
         if config.prompt_depth > 1:
