@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -113,3 +114,20 @@ def machine_facts() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             facts[package] = None
     return facts
+
+
+def machine_line(facts: Mapping[str, Any]) -> str:
+    """``machine_facts()`` as one line for a ``results.md``, so the Markdown a reader quotes names the machine too.
+
+    Examples:
+        >>> machine_line({"cpu": "AMD EPYC 7B13", "cpu_count": 2, "torch_threads": 2, "cpu_bf16": "no bf16 support in "
+        ...     "oneDNN", "device": "cpu", "ONEDNN_MAX_CPU_ISA": "AVX2", "python": "3.11.7", "torch": "2.13.0+cpu",
+        ...     "transformers": "5.24.0", "peft": "0.21.2", "accelerate": "1.16.0", "bitsandbytes": None})
+        'AMD EPYC 7B13 (2 CPUs, 2 torch threads; no bf16 support in oneDNN; ONEDNN_MAX_CPU_ISA=AVX2), device cpu; python 3.11.7, torch 2.13.0+cpu, transformers 5.24.0, peft 0.21.2, accelerate 1.16.0'
+    """
+    caps = [f"{name}={facts[name]}" for name in ISA_VARIABLES if facts.get(name)]
+    cpu = "; ".join([f"{facts.get('cpu_count')} CPUs, {facts.get('torch_threads')} torch threads",
+                     str(facts.get("cpu_bf16")), *caps])  # fmt: skip
+    versions = ", ".join(f"{package} {facts[package]}" for package in ("python", "torch", "transformers", "peft",
+                         "accelerate", "bitsandbytes") if facts.get(package))  # fmt: skip
+    return f"{facts.get('cpu')} ({cpu}), device {facts.get('device')}; {versions}"

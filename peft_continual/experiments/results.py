@@ -20,6 +20,7 @@ from peft_continual._io import write_atomic
 from peft_continual.data.records import TaskRecord
 from peft_continual.evaluation.report import TaskResult
 from peft_continual.evaluation.tasks import TaskKind
+from peft_continual.machine import machine_line
 from peft_continual.processes import main_process_only
 
 
@@ -203,14 +204,17 @@ def write_results(
     output_dir: Path, rows: Sequence[ResultRow], extra: Mapping[str, Any], title: str, summary: str = ""
 ) -> None:
     """``results.json`` (rows + ``extra``) and ``results.md`` (title, ``summary`` (a Markdown block, e.g. means over
-    seeds), the rows' table, ``extra`` notes) in ``output_dir``."""
+    seeds), the rows' table, ``extra`` notes, the machine in one line) in ``output_dir``."""
     payload = {"rows": [asdict(row) | {"stored_percent": row.stored_percent} for row in rows], **extra}
     write_atomic(output_dir / "results.json", json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    notes = "\n".join(f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list)))
+    notes = [f"- **{key}**: {value}" for key, value in extra.items() if not isinstance(value, (dict, list))]
+    if isinstance(extra.get("machine"), Mapping):  # ``machine_facts()``: one line, so the Markdown names the machine
+        notes.append(f"- **machine**: {machine_line(extra['machine'])}")
+    notes_block = "\n".join(notes)
     classes = per_class_table(rows)
     classes = f"\n\nPer class (generated answers):\n\n{classes}" if classes else ""
     table = f"{summary}\n\nEvery run:\n\n{markdown_table(rows)}" if summary else markdown_table(rows)
-    write_atomic(output_dir / "results.md", f"# {title}\n\n{table}{classes}\n\n{notes}\n")
+    write_atomic(output_dir / "results.md", f"# {title}\n\n{table}{classes}\n\n{notes_block}\n")
 
 
 @main_process_only

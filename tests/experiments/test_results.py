@@ -93,3 +93,17 @@ def test_a_calibrated_row_shows_its_accuracy_and_classes_beside_the_restricted_o
     assert "| sentiment_no | round 2 | negative | 1 | 0 | 0.0 | 1 | 100.0 |" in classes
     assert "| sentiment | round 1 | negative | 1 | 0 | 0.0 | - | - |" in classes
     assert "calibrated" not in markdown_table([plain]) + per_class_table([plain])
+
+
+def test_the_markdown_names_the_machine_in_one_line_as_the_json_records_it(tmp_path):
+    from peft_continual.experiments.results import write_results
+    from peft_continual.machine import machine_facts
+
+    facts = machine_facts() | {"cpu": "AMD EPYC 7B13", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    write_results(tmp_path, [ROW], {"minutes": 1.5, "machine": facts}, "t")
+    notes = (tmp_path / "results.md").read_text().splitlines()
+    machine = next(line for line in notes if line.startswith("- **machine**: "))
+    assert machine.startswith("- **machine**: AMD EPYC 7B13 (") and "ONEDNN_MAX_CPU_ISA=AVX2" in machine
+    assert f"torch {facts['torch']}" in machine and f"peft {facts['peft']}" in machine
+    assert "- **minutes**: 1.5" in notes
+    assert json.loads((tmp_path / "results.json").read_text())["machine"] == facts
