@@ -23,7 +23,7 @@ from peft_continual._io import write_atomic
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.task_files import load_task_specs
-from peft_continual.machine import machine_facts
+from peft_continual.machine import machine_facts, machine_line
 from peft_continual.processes import distributed, main_process_only
 from peft_continual.training import ContinualTrainingArguments
 
@@ -184,7 +184,8 @@ def write_search_results(
         "machine": machine_facts(),
     }
     write_atomic(output_dir / "best_trial.json", json.dumps(summary, indent=2) + "\n")
-    write_atomic(output_dir / "trials.md", trials_table(study, args.taskname))
+    machine = f"\nMachine: {machine_line(summary['machine'])}; {summary['precision']}.\n"
+    write_atomic(output_dir / "trials.md", trials_table(study, args.taskname) + machine)
     print((output_dir / "trials.md").read_text())
     return summary
 

@@ -12,6 +12,7 @@ from transformers import Trainer, TrainerControl, TrainerState
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.cli import parse_config_and_flags
 from peft_continual.experiments.task_files import load_task_specs
+from peft_continual.machine import machine_facts, machine_line
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = runpy.run_path(str(ROOT / "recipes" / "search_template.py"))
@@ -60,7 +61,9 @@ def test_trials_start_from_the_hand_written_template_and_the_best_lands_in_a_tas
     assert (
         json.loads((tmp_path / "out" / "best_trial.json").read_text())["learning_rate"] == best.params["learning_rate"]
     )
-    assert (tmp_path / "out" / "trials.md").read_text().count("\n| ") == 1 + 3  # header + one row per trial
+    trials = (tmp_path / "out" / "trials.md").read_text()
+    assert trials.count("\n| ") == 1 + 3  # header + one row per trial
+    assert f"\nMachine: {machine_line(machine_facts())}; {summary['precision']}.\n" in trials
 
     # a rerun with the same number of trials trains nothing; one more trial trains one
     def no_training(self, *args, **kwargs):
