@@ -190,7 +190,7 @@ def test_card_metadata_the_hub_would_refuse_stops_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("config", ["smollm2_135m.yaml", "smollm2_135m_full.yaml"])
+@pytest.mark.parametrize("config", ["smollm2_135m.yaml", "smollm2_135m_deep.yaml", "smollm2_135m_full.yaml"])
 def test_every_config_and_task_file_parses(config, monkeypatch):
     from peft_continual.experiments.task_files import load_task_specs, rounds_of
 
@@ -210,6 +210,25 @@ def test_the_intent_only_task_file_parses_as_one_round_of_the_default_intent_tas
     (intent,) = load_task_specs(directory / "tasks_intent.yaml")
     default = {s.taskname: s for s in load_task_specs(directory / "tasks.yaml")}["intent_and_slot"]
     assert intent == default  # the same template, data, subsets and evaluation as in the demo
+
+
+def test_the_deep_demo_differs_from_the_default_in_depth_rates_and_sentiments_balance_only(monkeypatch):
+    from dataclasses import replace
+
+    from peft_continual.experiments.task_files import load_task_specs
+
+    monkeypatch.chdir(ROOT)
+    directory = ROOT / "recipes/configs/continual_p_tuning"
+    default, deep = (
+        parse_config_and_flags(RECIPE["ARGUMENTS"], ["--config", str(directory / name)])
+        for name in ("smollm2_135m.yaml", "smollm2_135m_deep.yaml")
+    )
+    assert (deep[0].prompt_depth, deep[1].learning_rate, deep[1].start_rows_learning_rate) == (30, 1e-3, 1e-2)
+    assert deep[0].round_max_steps == default[0].round_max_steps
+    assert deep[1].per_device_train_batch_size == default[1].per_device_train_batch_size
+    balanced, plain = load_task_specs(deep[0].tasks), load_task_specs(default[0].tasks)
+    assert [spec.balance_labels for spec in balanced] == [True, False, False]
+    assert [replace(spec, balance_labels=False) for spec in balanced] == plain
 
 
 @pytest.mark.slow
