@@ -59,10 +59,11 @@ class TaskSpec:
     eval_records: int | None = field(default=None, metadata={"help": "Seeded random test subset; None = all."})
     eval_split: str = field(default="test", metadata={"help": "Split evaluated after each round."})
     fewshot: FewShotConfig = field(default_factory=FewShotConfig, metadata={"help": "Few-shot baseline settings."})
-    balance_labels: bool = field(
+    balance_labels: bool | float = field(
         default=False,
         metadata={"help": "Oversample the training records of each answer class (an intent-and-slot task's intents) "
-                  "to the most frequent class's count, seeded: against a prompt that learns only the majority class."},
+                  "to the most frequent class's count (true), or to at least this fraction of it (a number in (0, 1]), "
+                  "seeded: against a prompt that learns only the majority class."},
     )  # fmt: skip
 
     @property
@@ -94,8 +95,12 @@ class TaskSpec:
             value = getattr(spec, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"{where}: {name} must be a positive whole number or null (all), got {value!r}")
-        if not isinstance(spec.balance_labels, bool):
-            raise ConfigError(f"{where}: balance_labels must be true or false, got {spec.balance_labels!r}")
+        fraction = spec.balance_labels
+        if not isinstance(fraction, bool) and not (isinstance(fraction, int | float) and 0 < fraction <= 1):
+            raise ConfigError(
+                f"{where}: balance_labels must be true, false or a fraction in (0, 1] of the largest class, got "
+                f"{fraction!r}"
+            )
         if not isinstance(spec.dataset, str) or not isinstance(spec.eval_split, str):
             raise ConfigError(
                 f"{where}: dataset and eval_split must be names, got {spec.dataset!r}, {spec.eval_split!r}"

@@ -2,7 +2,10 @@
 
 from collections import Counter
 
+import pytest
+
 from peft_continual.data.records import TaskRecord
+from peft_continual.errors import ConfigError
 from peft_continual.experiments.label_balance import balance_labels, training_records
 from peft_continual.experiments.single_task import SingleTaskArguments, load_task
 from peft_continual.experiments.task_files import TaskSpec
@@ -29,6 +32,18 @@ def test_balanced_records_and_empty_records_stay_as_they_are():
     assert balance_labels([], [], seed=0) == []
 
 
+def test_a_fraction_raises_each_rarer_label_to_that_share_of_the_largest_rounded_up():
+    half = balance_labels(RECORDS, LABELS, seed=0, fraction=0.5)
+    assert Counter(r.fields["label"] for r in half) == {"a": 10, "b": 5, "c": 5}
+    assert half[: len(RECORDS)] == RECORDS
+    assert Counter(r.fields["label"] for r in balance_labels(RECORDS, LABELS, seed=0, fraction=0.35)) == {
+        "a": 10, "b": 4, "c": 4  # ceil(3.5) = 4: b already has 4 and keeps them, c gets one copy
+    }  # fmt: skip
+    assert balance_labels(RECORDS, LABELS, seed=0, fraction=1.0) == balance_labels(RECORDS, LABELS, seed=0)
+    with pytest.raises(ValueError, match="fraction must be in"):
+        balance_labels(RECORDS, LABELS, seed=0, fraction=0.0)
+
+
 def test_a_task_balances_only_when_its_task_file_says_so():
     entry = {"taskname": "s", "prompt_template": "<|VIRTUAL_PROMPT_0|>{sentence} Sentiment: {label}",
              "total_virtual_tokens": 2, "virtual_token_splits": [2], "answer_field": "label",
@@ -37,6 +52,13 @@ def test_a_task_balances_only_when_its_task_file_says_so():
     assert training_records(TaskSpec.from_dict(entry, "t"), records, seed=0) == records
     balanced = training_records(TaskSpec.from_dict({**entry, "balance_labels": True}, "t"), records, seed=0)
     assert Counter(r.fields["label"] for r in balanced) == {"a": 10, "b": 10, "c": 10}
+    part = training_records(TaskSpec.from_dict({**entry, "balance_labels": 0.7}, "t"), records, seed=0)
+    assert Counter(r.fields["label"] for r in part) == {"a": 10, "b": 7, "c": 7}
+    for wrong in (0, 1.5, -0.2, "yes"):
+        with pytest.raises(
+            ConfigError, match=r"t \(task .s.\): balance_labels must be true, false or a fraction in \(0, 1\]"
+        ):
+            TaskSpec.from_dict({**entry, "balance_labels": wrong}, "t")
 
 
 def test_a_recipe_balances_after_the_fold_is_held_out(shared_data, tmp_path):

@@ -55,7 +55,10 @@ def test_entry_becomes_template_evaluation_and_fewshot():
         ({"train_records": "all"}, "train_records must be a positive whole number or null"),
         ({"eval_records": 0}, "eval_records must be a positive whole number or null"),
         ({"eval_split": 5}, "dataset and eval_split must be names"),
-        ({"balance_labels": "yes"}, "balance_labels must be true or false, got 'yes'"),
+        (
+            {"balance_labels": "yes"},
+            r"balance_labels must be true, false or a fraction in \(0, 1\] of the largest class",
+        ),
     ],
 )
 def test_bad_entries_name_the_file_entry_and_task(changes, message):
