@@ -160,3 +160,20 @@ def test_the_template_search_runs_its_trials_in_two_processes_and_the_main_one_w
     study = optuna.load_study(study_name="sentiment", storage=f"sqlite:///{output_dir / 'study.db'}")
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
     assert all(sorted(trial.intermediate_values) == [1, 2] for trial in study.trials)
+
+
+@pytest.mark.integration
+def test_evaluating_a_saved_table_runs_in_two_processes_and_the_main_one_writes(tmp_path, tiny_model_dir, shared_data):
+    from peft_continual.experiments.task_files import load_task_specs
+    from tests.recipes.test_evaluate_table import saved_table
+
+    output_dir = tmp_path / "out"
+    flags = ["--config", str(CONFIGS / "evaluate_table" / "smollm2_135m.yaml")]
+    flags += common_flags(tmp_path, tiny_model_dir, shared_data, output_dir)
+    (sentiment, _) = load_task_specs(tmp_path / "tasks.yaml")
+    table = saved_table(tmp_path / "table", tiny_model_dir, sentiment.template)
+    writers, stdout = launch(tmp_path, "evaluate_table", *flags, "--table", str(table))
+    assert_only_the_main_process_wrote(writers)
+    (row,) = json.loads((output_dir / "results.json").read_text())["rows"]
+    assert row["task"] == "sentiment" and row["examples"] == 7  # every test record, split 4 + 3 and gathered
+    assert len(re.findall(r"^# .+ on sentiment$", stdout, re.MULTILINE)) == 1
