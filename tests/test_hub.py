@@ -138,6 +138,24 @@ except Exception as error:
             assert message.startswith(f"AdapterFileError: {expected}"), message
 
 
+def test_a_local_path_without_an_adapter_says_so_not_that_the_hub_id_is_malformed(tmp_path, tiny_llama):
+    """PEFT tries a name it finds no config under as a Hub id; a path like ``outputs/run/round_1/table`` then fails
+    the Hub's id check, and PEFT says only "Can't find 'adapter_config.json'"."""
+    from peft import PeftConfig, PeftModel
+
+    import peft_continual  # noqa: F401  (installs the readers)
+    from peft_continual.errors import AdapterFileError
+
+    missing = tmp_path / "run" / "round_1" / "table"
+    with pytest.raises(AdapterFileError, match=r"round_1/table: no such folder here, and not a Hugging Face Hub"):
+        PeftConfig.from_pretrained(str(missing))
+    with pytest.raises(AdapterFileError, match=r"no such folder here, and not a Hugging Face Hub repository id"):
+        PeftModel.from_pretrained(tiny_llama, str(missing))
+    missing.mkdir(parents=True)
+    with pytest.raises(AdapterFileError, match=r"round_1/table: the folder has no adapter_config.json"):
+        PeftConfig.from_pretrained(str(missing))
+
+
 def test_the_card_validates_and_a_licence_the_hub_refuses_stops_a_push_before_any_request(tmp_path):
     home = tmp_path / "hf_home"
     with HubStandIn() as hub:

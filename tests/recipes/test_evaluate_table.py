@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
-from peft_continual.errors import ConfigError
+from peft_continual.errors import AdapterFileError, ConfigError
 from peft_continual.evaluation import evaluate_tasks
 from peft_continual.experiments.cli import parse_config_and_flags
 from peft_continual.experiments.task_files import load_split, load_task_specs
@@ -80,5 +80,13 @@ def test_a_task_file_whose_template_is_not_the_tables_is_refused(tmp_path, tiny_
 def test_training_flags_are_refused_not_ignored(tmp_path):
     arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, "t", "m", "d", "--learning_rate", "0.1"))
     with pytest.raises(ConfigError, match=r"\['--learning_rate'\]: evaluating a saved table trains nothing"):
+        RECIPE["main"](*arguments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_table_path_that_holds_no_table_is_named_before_any_output(tmp_path, shared_data):
+    missing = tmp_path / "outputs" / "run" / "round_1" / "table"
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, missing, "m", shared_data))
+    with pytest.raises(AdapterFileError, match=r"round_1/table: no such folder here, and not a Hugging Face Hub"):
         RECIPE["main"](*arguments)
     assert not (tmp_path / "out").exists()

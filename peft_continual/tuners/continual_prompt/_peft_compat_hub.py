@@ -48,8 +48,8 @@ peft_get_peft_type = _peft_config_method("_get_peft_type")
 
 def config_from_pretrained(cls: type, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
     """PEFT's config loader (``PeftConfig.from_pretrained``, ``AutoPeftModel*``); where PEFT says only "Can't find
-    'adapter_config.json'", say why: no such repository, no such revision, no config in it, or not cached while
-    offline."""
+    'adapter_config.json'", say why: no such repository, no such revision, no config in it, not cached while
+    offline, or a local path that is neither an adapter folder nor a Hub id."""
     with _hub_reasons(pretrained_model_name_or_path, kwargs.get("revision")):
         return peft_config_from_pretrained(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
@@ -76,10 +76,16 @@ def _hub_reason(cause: BaseException | None, repo_id: str, revision: str | None)
     """What a Hub download error means for an adapter, in words; ``None`` for any other error."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    if isinstance(cause, HFValidationError):  # PEFT found no config on disk and the name cannot be a Hub id
+        if Path(repo_id).is_dir():
+            return f"{repo_id}: the folder has no {CONFIG_NAME}: it holds no PEFT adapter"
+        return f"{repo_id}: no such folder here, and not a Hugging Face Hub repository id ('name' or 'owner/name')"
 
     if isinstance(cause, RepositoryNotFoundError):
         return (f"{repo_id}: no such folder here, and no such repository on the Hugging Face Hub (or it is private "
