@@ -337,7 +337,7 @@ def test_import_peft_imports_bitsandbytes_when_it_is_installed():
     assert "bitsandbytes" in imported, CHANGED + "peft.helpers no longer imports bitsandbytes at import time"
 
 
-def test_peft_config_readers_are_wrapped_once_and_a_missing_local_adapter_keeps_pefts_error(tmp_path):
+def test_peft_config_readers_are_wrapped_once_and_a_missing_local_adapter_is_named(tmp_path):
     from peft.config import PeftConfigMixin
 
     compat.patch_peft_model()  # a second import must not wrap twice
@@ -346,6 +346,9 @@ def test_peft_config_readers_are_wrapped_once_and_a_missing_local_adapter_keeps_
     assert (
         compat_hub.peft_config_from_pretrained.__module__ == compat_hub.peft_get_peft_type.__module__ == "peft.config"
     )
-    # not a Hub error (an invalid repo id): PEFT's own ValueError, unchanged
-    with pytest.raises(ValueError, match="Can't find 'adapter_config.json'"):
+    # no such folder, and the name is no Hub id: said so, still a ValueError (PEFT's "Can't find" as its cause)
+    with pytest.raises(
+        ValueError, match="folder: no such folder here, and not a Hugging Face Hub repository id"
+    ) as error:
         PeftModel.from_pretrained(tiny_model(), str(tmp_path / "no" / "such" / "folder"))
+    assert "Can't find 'adapter_config.json'" in str(error.value.__cause__)
