@@ -9,7 +9,8 @@ Run from the repository root, in the venv:
         --table outputs/continual_p_tuning/round_1/table
 
 The task file says which records the task reads (its ``dataset``, ``eval_split``, ``eval_records``) and how they are
-scored; its template must be the one the table's task was trained with (checked). A task file that points a finished
+scored; the task must be frozen in the table, with the template it was trained with (checked), and ``--model`` must
+be the table's base model (checked by the table's fingerprint when it loads). A task file that points a finished
 task at another dataset with the same fields measures how far its prompt carries there before any training (the
 second command: the English ``sentiment`` rows on the Norwegian test split). Nothing trains: of ``TrainingArguments``
 only ``--output_dir``, ``--seed`` and ``--precision`` apply. Writes ``results.json``/``results.md`` into
@@ -21,9 +22,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from peft import PeftConfig, PeftModel
 
+from peft_continual import ContinualPromptConfig
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError
@@ -52,15 +55,15 @@ def main(args: SingleTaskArguments, table: TableArguments, training: ContinualTr
     if given:
         raise ConfigError(f"{given}: evaluating a saved table trains nothing")
     started = time.time()
-    # 1 records and 2 template: the task file's, which must be the table's task's (checked before any output)
+    # 1 records and 2 template: the task file's, which must be a frozen task of the table with the same template
     task = single_task.load_task(args)
-    check_table_task(PeftConfig.from_pretrained(table.table).templates, task.spec.template, table.table)
-    technique = single_task.start_run(__file__, training, args, table)
-    # 4 base model and 5 the frozen table on it
-    base_model, base = single_task.load_model(args, training)
-    model = PeftModel.from_pretrained(base_model, table.table).eval()
+    check_table_task(PeftConfig.from_pretrained(table.table), task.spec.template, table.table)
     # 3 the tokenizer of the prompts (nothing to train: no training examples)
     prompts = PromptTokenizer(single_task.load_tokenizer(args), [task.spec.template], max_length=args.max_length)
+    # 4 base model and 5 the frozen table on it (a table of another base model stops here, before any output)
+    base_model, base = single_task.load_model(args, training)
+    model = PeftModel.from_pretrained(base_model, table.table).eval()
+    technique = single_task.start_run(__file__, training, args, table)
     # 7 evaluate
     result = single_task.evaluate(model, prompts, task, args, virtual_tokens=True)
     # 8 write the results (the table is stored already)
@@ -69,18 +72,32 @@ def main(args: SingleTaskArguments, table: TableArguments, training: ContinualTr
                               started=started)  # fmt: skip
 
 
-def check_table_task(saved: list[dict], template: TaskTemplate, where: str) -> None:
-    """The task file's template must be the one the table's task was trained with: other virtual-token counts would
-    not fit its rows, and other text around them is another prompt than the one measured.
+TRAINING_ONLY = ("init_text", "answer_only_loss")
+"""Template keys that shape training only: a frozen task's rows do not depend on them at evaluation."""
+
+
+def check_table_task(config: Any, template: TaskTemplate, where: str) -> None:
+    """The table must be this method's, hold the task frozen into its rows, and have been trained with the task
+    file's template: other virtual-token counts would not fit its rows, and other text around them is another prompt
+    than the one measured.
 
     Raises:
-        ConfigError: the table has no task of that name, or its template differs (the differing keys named).
+        ConfigError: another PEFT method's adapter, no frozen task of that name, or another template (each
+            differing key named).
     """
-    by_name = {entry["taskname"]: entry for entry in saved}
-    if template.taskname not in by_name:
-        raise ConfigError(f"table {where} has no task {template.taskname!r}; its tasks: {sorted(by_name)}")
-    trained, given = by_name[template.taskname], template.to_dict()
-    differing = sorted(key for key in trained.keys() | given.keys() if trained.get(key) != given.get(key))
+    if not isinstance(config, ContinualPromptConfig):
+        kind = getattr(config.peft_type, "value", config.peft_type)
+        raise ConfigError(f"{where} holds a {kind} adapter, not a prompt table of this method")
+    if template.taskname not in config.frozen_tasks:
+        in_training = [t["taskname"] for t in config.templates if t["taskname"] not in config.frozen_tasks]
+        raise ConfigError(
+            f"table {where} has no frozen task {template.taskname!r}; its frozen tasks: {sorted(config.frozen_tasks)}"
+            + (f" (in training, not in the table: {in_training})" if in_training else "")
+        )
+    (trained,) = [t for t in config.templates if t["taskname"] == template.taskname]
+    given = template.to_dict()
+    differing = sorted(key for key in (trained.keys() | given.keys()) - set(TRAINING_ONLY)
+                       if trained.get(key) != given.get(key))  # fmt: skip
     if differing:
         shown = "; ".join(f"{key}: {trained.get(key)!r} in the table, {given.get(key)!r} in the task file"
                           for key in differing)  # fmt: skip

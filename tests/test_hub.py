@@ -154,6 +154,9 @@ def test_a_local_path_without_an_adapter_says_so_not_that_the_hub_id_is_malforme
     missing.mkdir(parents=True)
     with pytest.raises(AdapterFileError, match=r"round_1/table: the folder has no adapter_config.json"):
         PeftConfig.from_pretrained(str(missing))
+    (missing / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(AdapterFileError, match=r"adapter_model.safetensors is a file: give the folder that holds"):
+        PeftConfig.from_pretrained(str(missing / "adapter_model.safetensors"))
 
 
 def test_the_card_validates_and_a_licence_the_hub_refuses_stops_a_push_before_any_request(tmp_path):

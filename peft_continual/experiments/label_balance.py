@@ -66,7 +66,7 @@ def balance_labels(
     for index, label in enumerate(strata):
         by_label.setdefault(str(label), []).append(index)
     largest = max((len(members) for members in by_label.values()), default=0)
-    target = math.ceil(fraction * largest)
+    target = math.ceil(round(fraction * largest, 9))  # 0.07 * 100 is 7.000000000000001: 7, not 8
     generator = random.Random(f"{seed}:balance_labels")
     copies: list[int] = []
     for label in sorted(by_label):

@@ -39,7 +39,10 @@ def test_a_fraction_raises_each_rarer_label_to_that_share_of_the_largest_rounded
     assert Counter(r.fields["label"] for r in balance_labels(RECORDS, LABELS, seed=0, fraction=0.35)) == {
         "a": 10, "b": 4, "c": 4  # ceil(3.5) = 4: b already has 4 and keeps them, c gets one copy
     }  # fmt: skip
-    assert balance_labels(RECORDS, LABELS, seed=0, fraction=1.0) == balance_labels(RECORDS, LABELS, seed=0)
+    hundred = [f"a{i}" for i in range(100)]
+    rare = [TaskRecord("s", {"label": "b"}, "b0")]
+    part = balance_labels([TaskRecord("s", {"label": "a"}, s) for s in hundred] + rare, ["a"] * 100 + ["b"], 0, 0.07)
+    assert Counter(r.fields["label"] for r in part)["b"] == 7  # 0.07 * 100 in floating point is just above 7
     with pytest.raises(ValueError, match="fraction must be in"):
         balance_labels(RECORDS, LABELS, seed=0, fraction=0.0)
 
@@ -54,6 +57,8 @@ def test_a_task_balances_only_when_its_task_file_says_so():
     assert Counter(r.fields["label"] for r in balanced) == {"a": 10, "b": 10, "c": 10}
     part = training_records(TaskSpec.from_dict({**entry, "balance_labels": 0.7}, "t"), records, seed=0)
     assert Counter(r.fields["label"] for r in part) == {"a": 10, "b": 7, "c": 7}
+    whole = training_records(TaskSpec.from_dict({**entry, "balance_labels": 1}, "t"), records, seed=0)  # YAML `1`
+    assert whole == balanced
     for wrong in (0, 1.5, -0.2, "yes"):
         with pytest.raises(
             ConfigError, match=r"t \(task .s.\): balance_labels must be true, false or a fraction in \(0, 1\]"
@@ -92,3 +97,12 @@ def test_the_continual_recipe_balances_the_training_records_only(shared_data, tm
     assert len(set(Counter(r.fields["label"] for r in records.train["sentiment"]).values())) == 1
     for held_out in (records.test["sentiment"], records.validation["sentiment"]):
         assert len(held_out) == 100 and Counter(r.fields["label"] for r in held_out)["neutral"] > 45
+
+
+def test_a_run_saved_with_true_resumes_with_the_fraction_1(tmp_path):
+    from peft_continual.experiments.run_settings import check_run_settings
+
+    check_run_settings(tmp_path, {"tasks": {"s": {"balance_labels": True}}})
+    check_run_settings(tmp_path, {"tasks": {"s": {"balance_labels": 1.0}}})  # the same records: no difference
+    with pytest.raises(ConfigError, match=r"tasks.s.balance_labels: True then, 0.5 now"):
+        check_run_settings(tmp_path, {"tasks": {"s": {"balance_labels": 0.5}}})

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from peft_continual import ContinualPromptConfig, PromptTokenizer
 from peft_continual.errors import AdapterFileError, ConfigError
 from peft_continual.evaluation import evaluate_tasks
+from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import parse_config_and_flags
 from peft_continual.experiments.task_files import load_split, load_task_specs
 from tests.recipes.test_compare_techniques import TASKS
@@ -38,26 +39,37 @@ def saved_table(folder, model_dir, template):
 
 
 @pytest.mark.slow
-def test_a_saved_table_answers_the_test_records_as_the_loaded_model_does(tmp_path, tiny_model_dir, shared_data):
+def test_a_saved_table_answers_the_test_records_as_the_loaded_model_does(
+    tmp_path, tiny_model_dir, shared_data, monkeypatch
+):
     (tmp_path / "tasks.yaml").write_text(TASKS)
     (spec,) = load_task_specs(tmp_path / "tasks.yaml")
     table = saved_table(tmp_path / "table", tiny_model_dir, spec.template)
+    evaluated, evaluate = [], single_task.evaluate  # the model the recipe evaluates, and its per-record answers
+
+    def keep(model, *arguments, **keywords):
+        evaluated.append((model, keywords, evaluate(model, *arguments, **keywords)))
+        return evaluated[-1][-1]
+
+    monkeypatch.setattr(RECIPE["single_task"], "evaluate", keep)
     (row,) = RECIPE["main"](*parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, table, tiny_model_dir,
                                                                              shared_data)))  # fmt: skip
     hidden = AutoModelForCausalLM.from_pretrained(tiny_model_dir).config.hidden_size
     assert (row.stage, row.examples, row.trainable_parameters) == ("evaluate_table", 6, 0)
     assert row.stored_parameters == 4 * hidden  # the task's 4 virtual tokens
-    saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["rows"][0]["generation"] == row.generation
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][0]["restricted"] == row.restricted
 
-    # the same table loaded by hand on the same 6 records (the task file's seeded subset) answers the same
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), table).eval()
+    # it evaluated the saved rows, with the virtual tokens, and answers as the same table loaded by hand does on the
+    # same 6 records (the task file's seeded subset)
+    ((model, keywords, result),) = evaluated
+    by_hand = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), table).eval()
+    assert model.prompt_table.row_hashes() == by_hand.prompt_table.row_hashes() and keywords["virtual_tokens"]
     records = load_split(spec, shared_data, "test", spec.eval_records, 0)
     prompts = PromptTokenizer(AutoTokenizer.from_pretrained(tiny_model_dir), [spec.template], max_length=256)
-    by_hand = evaluate_tasks(model, prompts, records, [spec.evaluation], batch_size=16)["sentiment"]
-    generated = by_hand.metrics["generation"]
-    assert generated["accuracy"] == pytest.approx(row.generation)
-    assert {label: counts["predicted"] for label, counts in row.per_class.items()} == generated["predicted_per_class"]
+    expected = evaluate_tasks(by_hand, prompts, records, [spec.evaluation], batch_size=16)["sentiment"]
+    assert [(p["generated"], p["restricted"]) for p in result.predictions] == [
+        (p["generated"], p["restricted"]) for p in expected.predictions
+    ]
 
 
 @pytest.mark.slow
@@ -73,8 +85,33 @@ def test_a_task_file_whose_template_is_not_the_tables_is_refused(tmp_path, tiny_
     assert not (tmp_path / "out").exists()  # refused before any output
     wrong_name = saved_table(tmp_path / "topic", tiny_model_dir, spec.template.to_dict() | {"taskname": "topic"})
     arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, wrong_name, tiny_model_dir, shared_data))
-    with pytest.raises(ConfigError, match=r"has no task 'sentiment'; its tasks: \['topic'\]"):
+    with pytest.raises(ConfigError, match=r"has no frozen task 'sentiment'; its frozen tasks: \['topic'\]"):
         RECIPE["main"](*arguments)
+
+
+@pytest.mark.slow
+def test_a_folder_of_another_method_or_with_the_task_still_in_training_is_refused(
+    tmp_path, tiny_model_dir, shared_data
+):
+    from peft import LoraConfig
+
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    (spec,) = load_task_specs(tmp_path / "tasks.yaml")
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(target_modules=["q_proj"]))
+    lora.save_pretrained(tmp_path / "lora")
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, tmp_path / "lora", tiny_model_dir,
+                                                                  shared_data))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"lora holds a LORA adapter, not a prompt table of this method"):
+        RECIPE["main"](*arguments)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = ContinualPromptConfig(task_type="CAUSAL_LM", templates=[spec.template], encoder_hidden_size=16)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config.tokenize_tasknames(tokenizer)
+                   ).save_pretrained(tmp_path / "open_round")  # fmt: skip
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, tmp_path / "open_round", tiny_model_dir,
+                                                                  shared_data))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"no frozen task 'sentiment'; its frozen tasks: \[\] \(in training, not"):
+        RECIPE["main"](*arguments)
+    assert not (tmp_path / "out").exists()
 
 
 def test_training_flags_are_refused_not_ignored(tmp_path):

@@ -6,8 +6,9 @@ readers, wrapped for this method.
   into the folder first, ``save_pretrained`` updates it (the user's text and earlier rounds' results stay), and the
   folder is uploaded by ``upload_table_folder`` (also the recipes' ``--push_to_hub``).
 - ``PeftConfigMixin.from_pretrained`` and ``_get_peft_type`` (``PeftModel.from_pretrained`` and ``AutoPeftModel*``
-  start there): where PEFT says only "Can't find 'adapter_config.json'", say why (no such repository, no such
-  revision, no config in it, not cached while offline), as ``AdapterFileError`` with PEFT's ``ValueError`` as cause.
+  start there): where PEFT says only "Can't find 'adapter_config.json'", say why (a local folder without it, a
+  path that is neither a folder nor a Hub id, no such repository, no such revision, no config in it, not cached
+  while offline), as ``AdapterFileError`` with PEFT's ``ValueError`` as cause.
 
 Installed by ``_peft_compat.patch_peft_model``; pinned by ``tests/tuners/continual_prompt/test_peft_compat.py``.
 """
@@ -50,26 +51,42 @@ def config_from_pretrained(cls: type, pretrained_model_name_or_path: str, subfol
     """PEFT's config loader (``PeftConfig.from_pretrained``, ``AutoPeftModel*``); where PEFT says only "Can't find
     'adapter_config.json'", say why: no such repository, no such revision, no config in it, not cached while
     offline, or a local path that is neither an adapter folder nor a Hub id."""
-    with _hub_reasons(pretrained_model_name_or_path, kwargs.get("revision")):
+    with _hub_reasons(pretrained_model_name_or_path, kwargs.get("revision"), subfolder):
         return peft_config_from_pretrained(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
 
 def get_peft_type(cls: type, model_id: str, **hf_hub_download_kwargs: Any) -> Any:
     """PEFT's first read of a config in ``PeftModel.from_pretrained``, with the reasons of ``config_from_pretrained``."""
-    with _hub_reasons(model_id, hf_hub_download_kwargs.get("revision")):
+    with _hub_reasons(model_id, hf_hub_download_kwargs.get("revision"), hf_hub_download_kwargs.get("subfolder")):
         return peft_get_peft_type(cls, model_id, **hf_hub_download_kwargs)
 
 
 @contextlib.contextmanager
-def _hub_reasons(repo_id: Any, revision: str | None) -> Iterator[None]:
+def _hub_reasons(repo_id: Any, revision: str | None, subfolder: str | None = None) -> Iterator[None]:
     """Turn PEFT's "Can't find" ``ValueError`` of a Hub download into ``AdapterFileError`` with the reason."""
     try:
         yield
     except ValueError as error:
-        reason = _hub_reason(error.__cause__ or error.__context__, str(repo_id), revision)
+        cause = error.__cause__ or error.__context__
+        reason = _local_reason(cause, str(repo_id), subfolder) or _hub_reason(cause, str(repo_id), revision)
         if reason is None:
             raise
         raise AdapterFileError(reason) from error
+
+
+def _local_reason(cause: BaseException | None, path: str, subfolder: str | None) -> str | None:
+    """What a failed Hub download means when the name is a local file or folder (PEFT looked there first and found
+    no config, then tried the name as a Hub id); ``None`` when it is neither, or for an error of no download."""
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    if not isinstance(cause, HFValidationError | HfHubHTTPError | EntryNotFoundError | LocalEntryNotFoundError):
+        return None
+    folder = Path(path) / (subfolder or "")
+    if folder.is_dir():
+        return f"{folder}: the folder has no {CONFIG_NAME}: it holds no PEFT adapter"
+    if folder.is_file():
+        return f"{folder} is a file: give the folder that holds {CONFIG_NAME} (a saved adapter)"
+    return None
 
 
 def _hub_reason(cause: BaseException | None, repo_id: str, revision: str | None) -> str | None:
@@ -83,8 +100,6 @@ def _hub_reason(cause: BaseException | None, repo_id: str, revision: str | None)
     )
 
     if isinstance(cause, HFValidationError):  # PEFT found no config on disk and the name cannot be a Hub id
-        if Path(repo_id).is_dir():
-            return f"{repo_id}: the folder has no {CONFIG_NAME}: it holds no PEFT adapter"
         return f"{repo_id}: no such folder here, and not a Hugging Face Hub repository id ('name' or 'owner/name')"
 
     if isinstance(cause, RepositoryNotFoundError):
