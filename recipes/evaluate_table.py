@@ -51,9 +51,7 @@ TRAINS = False
 
 
 def main(args: SingleTaskArguments, table: TableArguments, training: ContinualTrainingArguments):
-    given = single_task.training_flags_given(training)
-    if given:
-        raise ConfigError(f"{given}: evaluating a saved table trains nothing")
+    single_task.refuse_training_flags(training, "evaluating a saved table")
     started = time.time()
     # 1 records and 2 template: the task file's, which must be a frozen task of the table with the same template
     task = single_task.load_task(args)

@@ -63,9 +63,7 @@ TRAINS = False
 
 
 def main(args: SingleTaskArguments, fewshot: FewShotArguments, training: ContinualTrainingArguments):
-    given = single_task.training_flags_given(training)
-    if given:
-        raise ConfigError(f"{given}: few-shot prompting trains nothing")
+    single_task.refuse_training_flags(training, "few-shot prompting")
     if fewshot.demonstrations not in ("random", "similar"):
         raise ConfigError(f"--demonstrations must be random or similar, got {fewshot.demonstrations!r}")
     if fewshot.system_prompt is not None and not fewshot.chat_template:

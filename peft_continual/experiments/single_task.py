@@ -288,12 +288,18 @@ TRAINING_SETTINGS = (
 """The training arguments that decide a run's result: a rerun in the same folder must have the same."""
 
 
-def training_flags_given(training: Any) -> list[str]:
-    """The ``TRAINING_SETTINGS`` (but the seed) set away from their defaults: a recipe that trains nothing refuses
-    them rather than ignore them."""
+def refuse_training_flags(training: Any, recipe: str) -> None:
+    """A recipe that trains nothing refuses the ``TRAINING_SETTINGS`` (but the seed) set away from their defaults,
+    rather than ignore them.
+
+    Raises:
+        ConfigError: naming the flags given, and ``recipe`` (what trains nothing).
+    """
     default = type(training)(output_dir=training.output_dir, precision=training.precision)
-    return [f"--{name}" for name in TRAINING_SETTINGS
-            if name != "seed" and getattr(training, name, None) != getattr(default, name, None)]  # fmt: skip
+    given = [f"--{name}" for name in TRAINING_SETTINGS
+             if name != "seed" and getattr(training, name, None) != getattr(default, name, None)]  # fmt: skip
+    if given:
+        raise ConfigError(f"{given}: {recipe} trains nothing")
 
 
 def start_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> str:
