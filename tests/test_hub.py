@@ -191,7 +191,10 @@ except Exception as error:
     result = f"{{type(error).__name__}}: {{error}}"
 """, hub, home)  # fmt: skip
         assert refused.startswith("CardMetadataError: ") and "license: 'MIT' is not a Hub licence identifier" in refused
-        assert hub.requests == before  # stopped before the first request
+        # stopped before the first request to the repository; a lookup that an import makes on its own (transformers
+        # 5.25 with `kernels` asks the Hub for kernels-community) is no part of the push
+        after = hub.requests[len(before) :]
+        assert [r for r in after if "team/table" in r or not r.startswith("GET ")] == [], after
 
 
 def test_a_table_of_the_embedded_model_loads_by_repo_id_with_auto_peft_model_on_another_machine(
