@@ -10,7 +10,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peft_continual import ContinualPromptConfig, PromptTokenizer
-from peft_continual.errors import AdapterFileError, ConfigError
+from peft_continual.errors import AdapterFileError, ConfigError, TableMismatchError
 from peft_continual.evaluation import evaluate_tasks
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import parse_config_and_flags
@@ -125,5 +125,19 @@ def test_a_table_path_that_holds_no_table_is_named_before_any_output(tmp_path, s
     missing = tmp_path / "outputs" / "run" / "round_1" / "table"
     arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, missing, "m", shared_data))
     with pytest.raises(AdapterFileError, match=r"round_1/table: no such folder here, and not a Hugging Face Hub"):
+        RECIPE["main"](*arguments)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_table_of_another_base_model_stops_before_any_output(tmp_path, tiny_model_dir, tiny_qwen2, shared_data):
+    (tmp_path / "tasks.yaml").write_text(TASKS)
+    (spec,) = load_task_specs(tmp_path / "tasks.yaml")
+    table = saved_table(tmp_path / "table", tiny_model_dir, spec.template)  # trained on the tiny Llama
+    other = tmp_path / "tiny-qwen2"
+    tiny_qwen2.save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+    arguments = parse_config_and_flags(RECIPE["ARGUMENTS"], flags(tmp_path, table, other, shared_data))
+    with pytest.raises(TableMismatchError):
         RECIPE["main"](*arguments)
     assert not (tmp_path / "out").exists()
