@@ -289,12 +289,8 @@ TRAINING_SETTINGS = (
 
 
 def refuse_training_flags(training: Any, recipe: str) -> None:
-    """A recipe that trains nothing refuses the ``TRAINING_SETTINGS`` (but the seed) set away from their defaults,
-    rather than ignore them.
-
-    Raises:
-        ConfigError: naming the flags given, and ``recipe`` (what trains nothing).
-    """
+    """Raise ``ConfigError`` naming the ``TRAINING_SETTINGS`` (but the seed) set away from their defaults: a recipe
+    that trains nothing refuses them rather than ignore them."""
     default = type(training)(output_dir=training.output_dir, precision=training.precision)
     given = [f"--{name}" for name in TRAINING_SETTINGS
              if name != "seed" and getattr(training, name, None) != getattr(default, name, None)]  # fmt: skip
