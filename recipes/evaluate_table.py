@@ -32,7 +32,7 @@ from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments
 
 
@@ -54,7 +54,7 @@ def main(args: SingleTaskArguments, table: TableArguments, training: ContinualTr
     single_task.refuse_training_flags(training, "evaluating a saved table")
     started = time.time()
     # 1 records and 2 template: the task file's, which must be a frozen task of the table with the same template
-    task = single_task.load_task(args)
+    task = single_task.load_test_task(args)
     check_table_task(PeftConfig.from_pretrained(table.table), task.spec.template, table.table)
     # 3 the tokenizer of the prompts (nothing to train: no training examples)
     prompts = PromptTokenizer(single_task.load_tokenizer(args), [task.spec.template], max_length=args.max_length)

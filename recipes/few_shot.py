@@ -31,7 +31,7 @@ from peft_continual.data.tokenize import PromptTokenizer
 from peft_continual.errors import ConfigError
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments
 
 

@@ -17,7 +17,7 @@ import time
 from peft_continual.errors import ConfigError
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 ARGUMENTS = (SingleTaskArguments, ContinualTrainingArguments)

@@ -20,7 +20,7 @@ from peft import get_peft_model
 from peft_continual import ContinualPromptConfig
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import EncoderArguments, LoraArguments, SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import EncoderArguments, LoraArguments, SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 ARGUMENTS = (SingleTaskArguments, EncoderArguments, LoraArguments, ContinualTrainingArguments)

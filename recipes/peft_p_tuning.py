@@ -23,7 +23,7 @@ from peft_continual.errors import ConfigError
 from peft_continual.evaluation.prepended_prompts import PrependedPrompts
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import EncoderArguments, SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import EncoderArguments, SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 from peft_continual.tuners.continual_prompt.config import default_encoder_hidden_size
 

@@ -23,7 +23,7 @@ from peft import PromptTuningConfig, get_peft_model
 from peft_continual.evaluation.prepended_prompts import PrependedPrompts
 from peft_continual.experiments import single_task
 from peft_continual.experiments.cli import run_recipe
-from peft_continual.experiments.single_task import SingleTaskArguments
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
 from peft_continual.training import ContinualTrainingArguments, build_trainer, train_or_resume
 
 

@@ -7,7 +7,8 @@ import pytest
 from peft_continual.data.records import TaskRecord
 from peft_continual.errors import ConfigError
 from peft_continual.experiments.label_balance import balance_labels, training_records
-from peft_continual.experiments.single_task import SingleTaskArguments, load_task
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
+from peft_continual.experiments.single_task import load_task
 from peft_continual.experiments.task_files import TaskSpec
 
 LABELS = "a" * 10 + "b" * 4 + "c" * 3

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from peft_continual.errors import ConfigError
-from peft_continual.experiments.single_task import SingleTaskArguments, load_task
+from peft_continual.experiments.recipe_arguments import SingleTaskArguments
+from peft_continual.experiments.single_task import load_task
 
 LMBFF = Path(__file__).resolve().parents[2] / "recipes" / "configs" / "compare_techniques" / "tasks_lmbff.yaml"
 
@@ -47,3 +48,25 @@ def test_the_development_records_are_answered_the_way_asked(shared_data, smollm2
 def test_an_unknown_validation_accuracy_is_refused_before_any_work(shared_data):
     with pytest.raises(ConfigError, match="--validation_accuracy 'sampled' is not one of"):
         load_task(SingleTaskArguments(validation_accuracy="sampled", data_dir=str(shared_data)))
+
+
+def test_the_test_split_alone_is_the_same_test_records_and_reads_no_other_split(shared_data, monkeypatch):
+    from peft_continual.experiments import single_task
+
+    args = SingleTaskArguments(taskname="sentiment_no", data_dir=str(shared_data), records_seed=2)
+    read, load_split = [], single_task.load_split
+    monkeypatch.setattr(single_task, "load_split", lambda spec, folder, split, *a: read.append(split) or
+                        load_split(spec, folder, split, *a))  # fmt: skip
+    alone = single_task.load_test_task(args)
+    assert read == ["test"] and alone.train == [] and alone.validation == []
+    assert [r.fields["id"] for r in alone.test] == [r.fields["id"] for r in load_task(args).test]
+    assert len(alone.test) == 200  # the task file's eval_records, drawn by records_seed
+
+
+@pytest.mark.parametrize("flag", [{"folds": 5}, {"train_fraction": 0.5}, {"k_per_class": 4}, {"validation_records": 8}])
+def test_the_test_split_alone_refuses_flags_that_choose_training_records(shared_data, flag):
+    from peft_continual.experiments.single_task import load_test_task
+
+    (name,) = flag
+    with pytest.raises(ConfigError, match=f"--{name}"):
+        load_test_task(SingleTaskArguments(data_dir=str(shared_data), **flag))
