@@ -109,8 +109,10 @@ def load_task(args: SingleTaskArguments) -> SingleTask:
     return SingleTask(spec, training_records(spec, train, args.records_seed), test, validation)
 
 
-TRAINING_RECORD_FLAGS = ("folds", "train_fraction", "k_shot", "k_per_class", "validation_records")
-"""``SingleTaskArguments`` that choose training or development records (``load_task``'s protocols)."""
+TRAINING_RECORD_FLAGS = ("folds", "fold", "train_fraction", "fraction_seed", "k_shot", "k_per_class",
+                         "validation_records", "validation_accuracy")  # fmt: skip
+"""``SingleTaskArguments`` that choose the training or validation records (``load_task``'s protocols and
+``--validation_records``) or how validation is scored."""
 
 
 def load_test_task(args: SingleTaskArguments) -> SingleTask:
@@ -118,12 +120,14 @@ def load_test_task(args: SingleTaskArguments) -> SingleTask:
     a recipe that trains nothing: no training split is read or balanced.
 
     Raises:
-        ConfigError: an unknown task, a missing data file, or a flag that chooses training records (the protocols
-            of ``load_task``), which such a recipe would otherwise ignore.
+        ConfigError: an unknown task, a missing data file, or one of ``TRAINING_RECORD_FLAGS`` set away from its
+            default, which such a recipe would otherwise ignore.
     """
-    given = [f"--{name}" for name in TRAINING_RECORD_FLAGS if getattr(args, name) is not None]
+    default = SingleTaskArguments()
+    given = [f"--{name}" for name in TRAINING_RECORD_FLAGS if getattr(args, name) != getattr(default, name)]
     if given:
-        raise ConfigError(f"{given}: they choose training records, and this recipe scores the test split only")
+        raise ConfigError(f"{given}: they choose training or validation records, and this recipe scores the test "
+                          "split only")  # fmt: skip
     spec = task_spec(args)
     data_dir = args.data_dir or default_data_dir(REPOSITORY)
     test = load_split(spec, data_dir, spec.eval_split, args.max_eval_records or spec.eval_records, args.records_seed)

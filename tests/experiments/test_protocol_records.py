@@ -1,6 +1,8 @@
-"""The records each evaluation protocol gives a single-task recipe (``single_task.load_task``), on the shared data."""
+"""The records each evaluation protocol gives a single-task recipe (``single_task.load_task``), and the test records
+alone of a recipe that trains nothing (``single_task.load_test_task``), on the shared data."""
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -61,9 +63,18 @@ def test_the_test_split_alone_is_the_same_test_records_and_reads_no_other_split(
     assert read == ["test"] and alone.train == [] and alone.validation == []
     assert [r.fields["id"] for r in alone.test] == [r.fields["id"] for r in load_task(args).test]
     assert len(alone.test) == 200  # the task file's eval_records, drawn by records_seed
+    capped = replace(args, max_eval_records=50)
+    assert len(single_task.load_test_task(capped).test) == 50
+    assert [r.fields["id"] for r in single_task.load_test_task(capped).test] == [
+        r.fields["id"] for r in load_task(capped).test
+    ]
 
 
-@pytest.mark.parametrize("flag", [{"folds": 5}, {"train_fraction": 0.5}, {"k_per_class": 4}, {"validation_records": 8}])
+@pytest.mark.parametrize(
+    "flag",
+    [{"folds": 5}, {"fold": 1}, {"train_fraction": 0.5}, {"k_shot": "16-13"}, {"k_per_class": 4},
+     {"validation_records": 0}, {"validation_accuracy": "sampled"}],
+)  # fmt: skip
 def test_the_test_split_alone_refuses_flags_that_choose_training_records(shared_data, flag):
     from peft_continual.experiments.single_task import load_test_task
 
