@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -123,8 +124,7 @@ def load_test_task(args: SingleTaskArguments) -> SingleTask:
         ConfigError: an unknown task, a missing data file, or one of ``TRAINING_RECORD_FLAGS`` set away from its
             default, which such a recipe would otherwise ignore.
     """
-    default = SingleTaskArguments()
-    given = [f"--{name}" for name in TRAINING_RECORD_FLAGS if getattr(args, name) != getattr(default, name)]
+    given = flags_set(args, SingleTaskArguments(), TRAINING_RECORD_FLAGS)
     if given:
         raise ConfigError(f"{given}: they choose training or validation records, and this recipe scores the test "
                           "split only")  # fmt: skip
@@ -208,10 +208,15 @@ def refuse_training_flags(training: Any, recipe: str) -> None:
     """Raise ``ConfigError`` naming the ``TRAINING_SETTINGS`` (but the seed) set away from their defaults: a recipe
     that trains nothing refuses them rather than ignore them."""
     default = type(training)(output_dir=training.output_dir, precision=training.precision)
-    given = [f"--{name}" for name in TRAINING_SETTINGS
-             if name != "seed" and getattr(training, name, None) != getattr(default, name, None)]  # fmt: skip
+    given = flags_set(training, default, [name for name in TRAINING_SETTINGS if name != "seed"])
     if given:
         raise ConfigError(f"{given}: {recipe} trains nothing")
+
+
+def flags_set(arguments: Any, default: Any, names: Sequence[str]) -> list[str]:
+    """``--name`` of each of ``names`` whose value in ``arguments`` differs from the one in ``default`` (an argument
+    dataclass as it is without flags): what a recipe that would ignore them refuses."""
+    return [f"--{name}" for name in names if getattr(arguments, name, None) != getattr(default, name, None)]
 
 
 def start_run(recipe_file: str, training: Any, args: SingleTaskArguments, *more: Any) -> str:
