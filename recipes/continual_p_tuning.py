@@ -191,6 +191,7 @@ def first_round_config(recipe: ContinualArguments, round_specs: list, tokenizer)
         encoder_type=recipe.encoder_type,
         encoder_hidden_size=recipe.encoder_hidden_size,
         prompt_depth=recipe.prompt_depth,
+        first_trained_layer=recipe.first_trained_layer,
     ).tokenize_tasknames(tokenizer)
 
 

@@ -46,6 +46,7 @@ def main(args: SingleTaskArguments, encoder: EncoderArguments, training: Continu
         encoder_type=encoder.encoder_type,
         encoder_hidden_size=encoder.encoder_hidden_size,
         prompt_depth=encoder.prompt_depth,
+        first_trained_layer=encoder.first_trained_layer,
         init_text=encoder.init_text,
     )
     model = get_peft_model(base, config.tokenize_tasknames(tokenizer))

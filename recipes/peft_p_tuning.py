@@ -34,9 +34,10 @@ TRAINS = True
 def main(args: SingleTaskArguments, encoder: EncoderArguments, training: ContinualTrainingArguments):
     if encoder.encoder_type not in ("lstm", "mlp"):
         raise ConfigError(f"PEFT's P_TUNING has an `lstm` or `mlp` encoder, not {encoder.encoder_type!r}")
-    if encoder.prompt_depth != 1:
+    if encoder.prompt_depth != 1 or encoder.first_trained_layer != 0:
         raise ConfigError(
-            "--prompt_depth: PEFT's P_TUNING places its tokens at the input only (ours: recipes/p_tuning.py)"
+            "--prompt_depth, --first_trained_layer: PEFT's P_TUNING places its tokens at the input only (ours: "
+            "recipes/p_tuning.py)"
         )
     if encoder.init_text is not None:
         raise ConfigError("--init_text: PEFT's P_TUNING starts from random rows (recipes/prompt_tuning.py takes one)")

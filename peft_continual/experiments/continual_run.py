@@ -75,6 +75,11 @@ class ContinualArguments:
         metadata={"help": "Layers whose input holds the virtual tokens; 1 = the input embeddings, k > 1 also decoder "
                   "layers 1..k-1 (deep prompts, P-tuning v2)."},
     )  # fmt: skip
+    first_trained_layer: int = field(
+        default=0,
+        metadata={"help": "Deep prompts: the lowest layer whose slice is trained; the layers below keep the init "
+                  "text and the backward pass stops there (a cheaper step). 0: every slice."},
+    )  # fmt: skip
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})
     fewshot_eval_records: int | None = field(

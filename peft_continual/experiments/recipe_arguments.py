@@ -106,6 +106,11 @@ class EncoderArguments:
         metadata={"help": "Ours: layers whose input holds the virtual tokens; 1 = the input embeddings, k > 1 also "
                   "decoder layers 1..k-1 (deep prompts, P-tuning v2)."},
     )  # fmt: skip
+    first_trained_layer: int = field(
+        default=0,
+        metadata={"help": "Ours, deep prompts: the lowest layer whose slice is trained; the layers below keep the "
+                  "init text and the backward pass stops there (a cheaper step). 0: every slice."},
+    )  # fmt: skip
 
 
 @dataclass

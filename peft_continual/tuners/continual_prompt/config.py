@@ -49,6 +49,23 @@ DEFAULT_MAX_ENCODER_HIDDEN_SIZE = 256
 """``encoder_hidden_size=None`` resolves to ``min(base hidden size, this)``."""
 
 
+def check_first_trained_layer(first_trained_layer: Any, prompt_depth: int, prompt_init: PromptInit) -> None:
+    """Refuse a ``first_trained_layer`` outside ``[0, prompt_depth)``, or above 0 without a text start: the slices below
+    it are held at the init text's embeddings (and zero), which ``prompt_init="random"`` does not have."""
+    if not isinstance(first_trained_layer, int) or isinstance(first_trained_layer, bool) or first_trained_layer < 0:
+        raise ConfigError(f"first_trained_layer must be a non-negative integer, got {first_trained_layer!r}")
+    if first_trained_layer >= prompt_depth:
+        raise ConfigError(
+            f"first_trained_layer={first_trained_layer} leaves no slice to train at prompt_depth={prompt_depth}; "
+            f"it must be less than prompt_depth (deep prompts: prompt_depth > 1)"
+        )
+    if first_trained_layer and prompt_init != PromptInit.TEXT:
+        raise ConfigError(
+            f"first_trained_layer={first_trained_layer} holds the lower layers' slices at the init text, but "
+            f"prompt_init={prompt_init.value!r}; use prompt_init='text'"
+        )
+
+
 def default_encoder_hidden_size(token_dim: int) -> int:
     """The encoder width ``encoder_hidden_size=None`` means: the base model's width, at most 256."""
     return min(token_dim, DEFAULT_MAX_ENCODER_HIDDEN_SIZE)
@@ -71,6 +88,10 @@ class ContinualPromptConfig(PeftConfig):
             (p-tuning, prompt tuning); ``k > 1`` also the inputs of decoder layers ``1..k-1`` (deep prompts, P-tuning
             v2; see ``deep_prompts``), at most the base model's number of layers. Prompts and table rows are
             ``(n_T, k * D)``.
+        first_trained_layer: Deep prompts: the lowest layer whose slice is trained. The slices of the layers below
+            stay where they start (the init text's embeddings at the input, zero above) and no gradient flows below
+            this layer, so a training step skips that part of the backward pass (``deep_prompts``); 0 (default)
+            trains every slice.
         prompt_init: ``text`` (default): each task's virtual tokens start as the token embeddings of its init text
             (the template's ``init_text``, else this config's ``init_text``, else the task name, repeated to fill
             them), and ``lstm``/``mlp`` learn a correction on top that is zero at the start; ``random``: NeMo's
@@ -117,6 +138,13 @@ class ContinualPromptConfig(PeftConfig):
         metadata={
             "help": "Layers whose input holds the virtual tokens: 1 = the input embeddings; k > 1 also decoder layers "
             "1..k-1 (deep prompts, P-tuning v2), at most the base model's layer count."
+        },
+    )
+    first_trained_layer: int = field(
+        default=0,
+        metadata={
+            "help": "Deep prompts: the lowest layer whose slice is trained; the layers below keep the init text (no "
+            "backward pass through them: a cheaper step). 0 = every slice; less than prompt_depth."
         },
     )
     prompt_init: PromptInit = field(
@@ -224,6 +252,7 @@ class ContinualPromptConfig(PeftConfig):
             raise ConfigError(f"encoder_num_layers must be a positive integer, got {self.encoder_num_layers!r}")
         if not positive_int(self.prompt_depth):
             raise ConfigError(f"prompt_depth must be a positive integer, got {self.prompt_depth!r}")
+        check_first_trained_layer(self.first_trained_layer, self.prompt_depth, self.prompt_init)
         if not isinstance(self.encoder_dropout, (int, float)) or not 0 <= self.encoder_dropout < 1:
             raise ConfigError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout!r}")
         if self.init_text is not None and (not isinstance(self.init_text, str) or not self.init_text.strip()):

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peft_continual.errors import ConfigError
 from peft_continual.tuners.continual_prompt.config import EncoderType, PromptInit
 from peft_continual.tuners.continual_prompt.table import task_key
 
@@ -53,6 +54,8 @@ class TaskPromptEncoder(nn.Module):
             relative to the embeddings (``deep_prompts.layer_input_scales``). Each prompt is then ``(n_T, k * D)``,
             one ``D``-wide slice per layer; slices ``1..k-1`` start at zero (init and start rows fill slice 0) and
             are learned in units of their layer's scale. ``None``: ``k = 1``.
+        first_trained_layer: Deep prompts: slices ``0..s-1`` are held where they start (``init_rows`` or
+            ``start_rows`` in slice 0, zero above; a buffer, never trained), so no gradient flows below layer ``s``.
 
     Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, k * D)`` float32.
 
@@ -76,6 +79,7 @@ class TaskPromptEncoder(nn.Module):
         start_rows: Mapping[str, torch.Tensor] | None = None,
         input_std: float | None = None,
         layer_scales: torch.Tensor | None = None,
+        first_trained_layer: int = 0,
     ) -> None:
         super().__init__()
         depth = 1 if layer_scales is None else len(layer_scales)
@@ -95,6 +99,7 @@ class TaskPromptEncoder(nn.Module):
                     for name, count in self.counts.items()
                 }
             )
+            self._hold_lower_slices(init_rows, first_trained_layer * token_dim)
             return
         hidden_size = hidden_size or token_dim
         self.input_embeddings = nn.Embedding(max(self.counts.values()), token_dim)
@@ -121,6 +126,24 @@ class TaskPromptEncoder(nn.Module):
             )
             nn.init.zeros_(self.head[-1].weight)  # the correction is zero at the start (the head ends in a Linear)
             nn.init.zeros_(self.head[-1].bias)
+        self._hold_lower_slices(start_rows, first_trained_layer * token_dim)
+
+    def _hold_lower_slices(self, start_rows: Mapping[str, torch.Tensor] | None, columns: int) -> None:
+        """Keep each task's first ``columns`` output columns at its start rows (widened and scaled; a non-persistent
+        buffer, recomputed identically from the init text when a run resumes)."""
+        self.held_columns = columns
+        if not columns:
+            return
+        missing = [name for name in self.counts if name not in (start_rows or {})]
+        if missing or not hasattr(self, "column_scales"):
+            raise ConfigError(
+                f"first_trained_layer > 0 needs deep prompts (layer_scales) and start rows of every task; "
+                f"tasks without start rows: {missing}"
+            )
+        self.held = nn.Module()
+        for name in self.counts:
+            held = self._scaled(_widen(start_rows[name], self.column_scales.numel()))[:, :columns]
+            self.held.register_buffer(task_key(name), held, persistent=False)
 
     @classmethod
     def from_config(
@@ -148,6 +171,7 @@ class TaskPromptEncoder(nn.Module):
             start_rows=start if text_init and not embedding else None,
             input_std=float(word_embeddings.weight.detach().float().std()) if text_init and not embedding else None,
             layer_scales=layer_scales if config.prompt_depth > 1 else None,
+            first_trained_layer=config.first_trained_layer,
         )
 
     @property
@@ -166,7 +190,7 @@ class TaskPromptEncoder(nn.Module):
             Task name -> prompt of shape ``(n_T, k * D)``.
         """
         if self.encoder_type == EncoderType.EMBEDDING:
-            return {name: self._scaled(self.prompts[task_key(name)]) for name in tasknames}
+            return {name: self._held_below(name, self._scaled(self.prompts[task_key(name)])) for name in tasknames}
         groups: dict[int, list[str]] = {}
         for name in tasknames:
             groups.setdefault(self.counts[name], []).append(name)
@@ -177,7 +201,14 @@ class TaskPromptEncoder(nn.Module):
             prompts.update(zip(names, outputs.unbind(0), strict=True))
         if self.start_rows is not None:
             prompts = {name: self.start_rows[task_key(name)] + rows for name, rows in prompts.items()}
-        return {name: self._scaled(rows) for name, rows in prompts.items()}
+        return {name: self._held_below(name, self._scaled(rows)) for name, rows in prompts.items()}
+
+    def _held_below(self, taskname: str, rows: torch.Tensor) -> torch.Tensor:
+        """``(n, k * D)`` rows with the held slices (``first_trained_layer``) in place of the computed ones."""
+        if not self.held_columns:
+            return rows
+        held = getattr(self.held, task_key(taskname))
+        return torch.cat([held, rows[:, self.held_columns :]], dim=1)
 
     def _scaled(self, rows: torch.Tensor) -> torch.Tensor:
         """Deep prompts: ``(n, k * D)`` rows with slice ``j`` in its layer's units (see ``layer_scales``)."""

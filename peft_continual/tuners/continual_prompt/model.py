@@ -237,13 +237,16 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         tasknames = list(tasknames)
         prompts = self.task_prompts(tasknames)
         width = inputs_embeds.shape[-1]
-        depth = self.peft_config[self._adapter].prompt_depth
+        config = self.peft_config[self._adapter]
         deep = None
-        if depth > 1:
+        if config.prompt_depth > 1:
             mask = virtual_token_mask.to(device=inputs_embeds.device, dtype=torch.bool)
             deep_rows = {name: rows[:, width:] for name, rows in prompts.items()}
-            deep = gather_prompt_rows(mask, tasknames, deep_rows, inputs_embeds.dtype).unflatten(-1, (depth - 1, width))
+            deep = gather_prompt_rows(mask, tasknames, deep_rows, inputs_embeds.dtype)
+            deep = deep.unflatten(-1, (config.prompt_depth - 1, width))
             prompts = {name: rows[:, :width] for name, rows in prompts.items()}
+            if config.first_trained_layer:  # held at the init text: no gradient, so none flows below the trained layers
+                prompts = {name: rows.detach() for name, rows in prompts.items()}
         embeds = inject_prompts(inputs_embeds, virtual_token_mask, tasknames, prompts)
         return with_absent_tasks_in_the_graph(embeds, self.prompt_encoder, tasknames, self._word_embeddings()), deep
 
@@ -253,7 +256,8 @@ class ContinualPromptModel(StackedAdapterMethods, PeftTunerBase):
         """Around a call of the base model: the hooks write ``deep`` ``(M, k-1, D)`` at the virtual positions."""
         if self._deep_hooks is None or deep is None:
             return contextlib.nullcontext()
-        return self._deep_hooks.placing(virtual_token_mask.to(device=deep.device, dtype=torch.bool), deep)
+        mask = virtual_token_mask.to(device=deep.device, dtype=torch.bool)
+        return self._deep_hooks.placing(mask, deep, self.peft_config[self._adapter].first_trained_layer)
 
     # ------------------------------------------------------------------ rounds
     def freeze_tasks(self) -> None:
