@@ -12,6 +12,7 @@ import ctypes
 import gc
 import json
 import os
+import random
 import resource
 import statistics
 import time
@@ -29,7 +30,7 @@ from peft_continual.data.collate import ContinualPromptCollator
 from peft_continual.data.records import TaskRecord, read_jsonl
 from peft_continual.data.templates import TaskTemplate
 from peft_continual.data.tokenize import PromptTokenizer
-from peft_continual.experiments.task_files import default_data_dir
+from peft_continual.experiments.task_files import default_data_dir, load_split, load_task_specs
 from peft_continual.machine import machine_facts
 
 # Expected here, and repeated on every call: PEFT's P_TUNING ignores position_ids in generate (its prompts are
@@ -126,6 +127,21 @@ def training_batch(tokenizer: Any, data_dir: Path, tasknames: Sequence[str], bat
     if batch["input_ids"].shape != (batch_size, length):
         raise ValueError(f"expected a ({batch_size}, {length}) batch, got {tuple(batch['input_ids'].shape)}")
     return batch
+
+
+def round_one_batches(
+    tokenizer: Any, task_file: Path, data_dir: Path, batch_size: int, count: int, seed: int
+) -> tuple[list, list[dict]]:
+    """The round-1 task specs of a continual task file, and ``count`` batches of ``batch_size`` records drawn at random
+    from their training records (seeded): what ``ContinualTrainer`` trains the demo's round 1 on."""
+    specs = [spec for spec in load_task_specs(task_file) if spec.round == 1]
+    records = [r for s in specs for r in load_split(s, Path(data_dir), "train", s.train_records, seed)]
+    prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=256)
+    collate = ContinualPromptCollator(pad_token_id=tokenizer.pad_token_id)
+    sampler = random.Random(seed)
+    return specs, [
+        collate(prompts.tokenize_records(sampler.sample(records, batch_size)).examples) for _ in range(count)
+    ]
 
 
 def generation_batch(tokenizer: Any, data_dir: Path, tasknames: Sequence[str], rows_per_task: int) -> dict:

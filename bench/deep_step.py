@@ -22,18 +22,15 @@ Ratios are medians of per-round ratios to ``PEFT PREFIX_TUNING``.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
-from common import ROOT, add_run_arguments, interleaved_times, load_average, median_ratio, report
+from common import ROOT, add_run_arguments, interleaved_times, load_average, median_ratio, report, round_one_batches
 from peft import PrefixTuningConfig, get_peft_model
 
-from peft_continual import ContinualPromptCollator, ContinualPromptConfig, PromptTokenizer
+from peft_continual import ContinualPromptConfig
 from peft_continual.answer_loss import labelled_positions, loss_at_positions
-from peft_continual.experiments.task_files import load_split, load_task_specs
 from peft_continual.models import EMBEDDED, load_base_model
 
 TASKS = ROOT / "recipes" / "configs" / "continual_p_tuning" / "tasks_sentiment_balanced.yaml"
@@ -98,15 +95,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
 
     _, tokenizer = load_base_model(EMBEDDED)
-    specs = [spec for spec in load_task_specs(TASKS) if spec.round == 1]
-    records = [r for s in specs for r in load_split(s, Path(args.data_dir), "train", s.train_records, args.seed)]
-    prompts = PromptTokenizer(tokenizer, [s.template for s in specs], max_length=256)
-    collate = ContinualPromptCollator(pad_token_id=tokenizer.pad_token_id)
-    sampler = random.Random(args.seed)
-    batches = [
-        collate(prompts.tokenize_records(sampler.sample(records, args.batch_size)).examples)
-        for _ in range(args.warmup + args.repeats)
-    ]
+    rounds = args.warmup + args.repeats
+    specs, batches = round_one_batches(tokenizer, TASKS, args.data_dir, args.batch_size, rounds, args.seed)
     methods = method_names(args.first_trained_layers)
     steps = {method: build_step(method, build_model(method, specs, tokenizer), batches) for method in methods}
     timing = interleaved_times(steps, args.repeats, args.warmup)
