@@ -78,7 +78,8 @@ class ContinualArguments:
     first_trained_layer: int = field(
         default=0,
         metadata={"help": "Deep prompts: the lowest layer whose slice is trained; the layers below keep the init "
-                  "text and the backward pass stops there (a cheaper step). 0: every slice."},
+                  "text and the backward pass stops there (a cheaper step unless LoRA/IA3 train below it). "
+                  "0: every slice."},
     )  # fmt: skip
     eval_batch_size: int = field(default=16, metadata={"help": "Rows per generate/scoring call."})
     fewshot: bool = field(default=True, metadata={"help": "Evaluate the few-shot baseline once."})

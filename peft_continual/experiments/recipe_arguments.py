@@ -109,7 +109,8 @@ class EncoderArguments:
     first_trained_layer: int = field(
         default=0,
         metadata={"help": "Ours, deep prompts: the lowest layer whose slice is trained; the layers below keep the "
-                  "init text and the backward pass stops there (a cheaper step). 0: every slice."},
+                  "init text and the backward pass stops there (a cheaper step unless LoRA/IA3 train below it). "
+                  "0: every slice."},
     )  # fmt: skip
 
 

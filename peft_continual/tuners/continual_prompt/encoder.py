@@ -56,6 +56,7 @@ class TaskPromptEncoder(nn.Module):
             are learned in units of their layer's scale. ``None``: ``k = 1``.
         first_trained_layer: Deep prompts: slices ``0..s-1`` are held where they start (``init_rows`` or
             ``start_rows`` in slice 0, zero above; a buffer, never trained), so no gradient flows below layer ``s``.
+            The parameters' columns for those slices stay (their gradient is zero), so parameter counts include them.
 
     Input: task names and the base model's input embedding module. Output: task name -> ``(n_T, k * D)`` float32.
 
@@ -129,8 +130,8 @@ class TaskPromptEncoder(nn.Module):
         self._hold_lower_slices(start_rows, first_trained_layer * token_dim)
 
     def _hold_lower_slices(self, start_rows: Mapping[str, torch.Tensor] | None, columns: int) -> None:
-        """Keep each task's first ``columns`` output columns at its start rows (widened and scaled; a non-persistent
-        buffer, recomputed identically from the init text when a run resumes)."""
+        """Keep each task's first ``columns`` output columns at its start rows (widened and scaled). A buffer saved with
+        the encoder: a resumed run reads the very values it started from, whatever dtype its base is loaded in."""
         self.held_columns = columns
         if not columns:
             return
@@ -142,8 +143,9 @@ class TaskPromptEncoder(nn.Module):
             )
         self.held = nn.Module()
         for name in self.counts:
-            held = self._scaled(_widen(start_rows[name], self.column_scales.numel()))[:, :columns]
-            self.held.register_buffer(task_key(name), held, persistent=False)
+            rows = start_rows[name].to(self.column_scales.device)  # the scales are measured on the CPU
+            held = self._scaled(_widen(rows, self.column_scales.numel()))[:, :columns]
+            self.held.register_buffer(task_key(name), held)
 
     @classmethod
     def from_config(

@@ -108,6 +108,7 @@ def test_frozen_rows_save_and_load_and_a_resumed_encoder_holds_the_same_slices(t
     assert saved["first_trained_layer"] == 1
     resumed = PeftModel.from_pretrained(three_layer_model(), tmp_path / "open_round", is_trainable=True)
     for name, rows in resumed.task_prompts().items():
+        assert torch.equal(rows[:, :HIDDEN], before[name][:, :HIDDEN])  # the held slice, read back from the file
         torch.testing.assert_close(rows, before[name])
     model.freeze_tasks()
     model.save_pretrained(tmp_path / "table")
@@ -115,3 +116,15 @@ def test_frozen_rows_save_and_load_and_a_resumed_encoder_holds_the_same_slices(t
     batch = {k: v for k, v in make_batch(MIXED_ROWS).items() if k != "labels"}
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+def test_a_run_resumed_on_a_base_in_another_dtype_holds_the_slices_it_started_from(tmp_path):
+    """The held slices are saved with the encoder: recomputed from a bf16 base's embeddings they would differ."""
+    model = trained(deep_model(depth=DEPTH, first_trained_layer=2))
+    held = {name: rows[:, : 2 * HIDDEN].detach().clone() for name, rows in model.task_prompts().items()}
+    model.save_pretrained(tmp_path / "open_round")
+    resumed = PeftModel.from_pretrained(
+        three_layer_model().to(torch.bfloat16), tmp_path / "open_round", is_trainable=True
+    )
+    for name, rows in resumed.task_prompts().items():
+        assert torch.equal(rows[:, : 2 * HIDDEN], held[name])
