@@ -284,3 +284,12 @@ def test_every_recipe_runs_on_the_embedded_smollm2_from_its_own_config(tmp_path,
     assert sorted(row.stage for row in rows) == sorted(RUNS)  # in the config's order
     assert all(row.task == "sentiment" and row.examples == 4 and row.base_parameters > 134_000_000 for row in rows)
     assert all(row.trainable_parameters > 0 for row in rows if row.stage not in ("zero_shot", "few_shot"))
+
+
+@pytest.mark.parametrize("flag", [["--prompt_depth", "2"], ["--first_trained_layer", "1"]])
+def test_peft_p_tuning_refuses_deep_prompt_flags_before_any_work(monkeypatch, flag):
+    monkeypatch.chdir(ROOT)
+    recipe = runpy.run_path(str(ROOT / "recipes" / "peft_p_tuning.py"))
+    config = str(CONFIGS / "peft_p_tuning" / "smollm2_135m.yaml")
+    with pytest.raises(ConfigError, match="places its tokens at the input only"):
+        recipe["main"](*parse_config_and_flags(recipe["ARGUMENTS"], ["--config", config, *flag]))

@@ -385,3 +385,17 @@ def test_push_to_hub_uploads_each_rounds_table_with_its_card(tmp_path, tiny_mode
     card = ModelCard(files["README.md"].decode()).data.to_dict()["peft_continual"]
     assert set(card["results"]) == {"sentiment", "intent_and_slot", "sentiment_no"}
     assert not any(path.startswith("checkpoint") for path in files)  # Trainer pushed nothing of its own
+
+
+def test_first_trained_layer_reaches_the_method_config(monkeypatch, smollm2_tokenizer):
+    from peft_continual.experiments.task_files import load_task_specs
+
+    monkeypatch.chdir(ROOT)
+    config = str(ROOT / "recipes/configs/continual_p_tuning/smollm2_135m_deep.yaml")
+    recipe, _ = parse_config_and_flags(RECIPE["ARGUMENTS"], ["--config", config, "--first_trained_layer", "15"])
+    round_1 = [spec for spec in load_task_specs(recipe.tasks) if spec.round == 1]
+    method = RECIPE["first_round_config"](recipe, round_1, smollm2_tokenizer)
+    assert (method.prompt_depth, method.first_trained_layer) == (30, 15)
+    recipe.first_trained_layer = 30
+    with pytest.raises(ConfigError, match="less than prompt_depth"):
+        RECIPE["first_round_config"](recipe, round_1, smollm2_tokenizer)
